@@ -1,0 +1,119 @@
+"""Self-attention variants: GQA (Llama/Qwen2), DIFF (HF DiffLlama) and GDA (Motif-2).
+
+All three share one masked softmax core (`attend`) over grouped queries `q_btkgh`: k KV heads,
+each serving g query heads. Differential variants reuse it with a doubled value width
+(V1 ‖ V2), so one softmax is applied to both value slabs (recipe §1.3 efficiency note).
+
+GDA layout (recipe §1.3): q heads are group-major stripes [G, ratio+1] with the last head of each
+group the noise head; K/V heads are interleaved pairs [G, 2] (even = K1/V1, odd = K2/V2).
+DIFF layout (HF DiffLlama): the first n/2 query heads are signal, the last n/2 noise; KV head j
+reads V[j mod k/2] ‖ V[j mod k/2 + k/2].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from motif_jax import sharding as shd
+from motif_jax.model import layers
+from motif_jax.model.config import ModelConfig
+
+
+def attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
+  """[b, t, s] bool: causal and within the same packed segment."""
+  t = segment_ids_bt.shape[1]
+  causal_ts = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+  same_bts = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
+  return causal_ts[None] & same_bts
+
+
+def attend(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
+           segment_ids_bt: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(h) + mask) v with float32 logits and softmax; returns o_btkgv."""
+  scale = q_btkgh.shape[-1] ** -0.5
+  logits_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
+                            preferred_element_type=jnp.float32) * scale
+  mask_bts = attention_mask(segment_ids_bt)
+  logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, jnp.finfo(jnp.float32).min)
+  probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1)
+  o_btkgv = jnp.einsum("bkgts,bskv->btkgv", probs_bkgts.astype(v_bskv.dtype), v_bskv,
+                       preferred_element_type=jnp.float32)
+  return o_btkgv.astype(q_btkgh.dtype)
+
+
+def diff_lambda(p: dict, lambda_init: jax.Array, dtype) -> jax.Array:
+  """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, exponentials in float32 (recipe §1.3)."""
+  f32 = jnp.float32
+  lam1 = jnp.exp(jnp.sum(p["lambda_q1"].astype(f32) * p["lambda_k1"].astype(f32), axis=-1))
+  lam2 = jnp.exp(jnp.sum(p["lambda_q2"].astype(f32) * p["lambda_k2"].astype(f32), axis=-1))
+  return (lam1.astype(dtype) - lam2.astype(dtype) + lambda_init).astype(dtype)
+
+
+def _gqa_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
+  del p, layer
+  b, t, n, h = q_btnh.shape
+  k = cfg.num_kv_heads
+  o_btkgh = attend(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskh, segment_ids_bt)
+  return o_btkgh.reshape(b, t, n, h)
+
+
+def _diff_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
+  b, t, n, h = q_btnh.shape
+  k = cfg.num_kv_heads
+  v_half_bskv = jnp.concatenate([v_bskh[:, :, : k // 2], v_bskh[:, :, k // 2:]], axis=-1)
+  v_bskv = jnp.concatenate([v_half_bskv, v_half_bskv], axis=2)
+  o_btnv = attend(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskv,
+                  segment_ids_bt).reshape(b, t, n, 2 * h)
+  lam = diff_lambda(p, cfg.lambda_init(layer), o_btnv.dtype)
+  o_btnv = o_btnv[:, :, : n // 2] - lam * o_btnv[:, :, n // 2:]
+  return layers.rms_norm(o_btnv, None, cfg.attn_rms_norm_eps) * (1 - cfg.lambda_init(layer))
+
+
+def _gda_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
+  b, t, _, h = q_btnh.shape
+  g, r = cfg.num_groups, cfg.gda_ratio
+  q_btgrh = q_btnh.reshape(b, t, g, r + 1, h)  # stripe: r signal heads, then 1 noise head
+  k_bsg2h = k_bskh.reshape(b, -1, g, 2, h)  # interleaved: even K1, odd K2
+  v_bsg2h = v_bskh.reshape(b, -1, g, 2, h)
+  v_bsgv = jnp.concatenate([v_bsg2h[:, :, :, 0], v_bsg2h[:, :, :, 1]], axis=-1)  # V1 ‖ V2
+  signal_btgrv = attend(q_btgrh[:, :, :, :r], k_bsg2h[:, :, :, 0], v_bsgv, segment_ids_bt)
+  noise_btg1v = attend(q_btgrh[:, :, :, r:], k_bsg2h[:, :, :, 1], v_bsgv, segment_ids_bt)
+  lam = diff_lambda(p, cfg.lambda_init(layer), signal_btgrv.dtype)
+  o_btgrv = signal_btgrv - lam * noise_btg1v  # each noise head serves its group's r heads
+  o_btgrv = layers.rms_norm(o_btgrv, p["subln"], cfg.attn_rms_norm_eps)
+  o_btgrv = o_btgrv * (1 - cfg.lambda_init(layer))
+  return o_btgrv.reshape(b, t, g * r, 2 * h)
+
+
+_CORES = {"gqa": _gqa_core, "diff": _diff_core, "gda": _gda_core}
+
+
+def attention(x_btd: jax.Array, p: dict, layer: jax.Array, cos_bth: jax.Array,
+              sin_bth: jax.Array, segment_ids_bt: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """One attention sub-layer: projections, RoPE, the configured core, output projection."""
+  dtype = jnp.dtype(cfg.dtype)
+  rules = cfg.sharding
+  q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, p["wq"].astype(dtype))
+  k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, p["wk"].astype(dtype))
+  v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, p["wv"].astype(dtype))
+  if cfg.qkv_bias:
+    q_btnh = q_btnh + p["bq"].astype(dtype)
+    k_btkh = k_btkh + p["bk"].astype(dtype)
+    v_btkh = v_btkh + p["bv"].astype(dtype)
+  q_btnh = layers.apply_rope(q_btnh, cos_bth, sin_bth)
+  k_btkh = layers.apply_rope(k_btkh, cos_bth, sin_bth)
+  q_btnh = checkpoint_name(shd.constrain(q_btnh, ("batch", "seq", "heads", "head_dim"), rules),
+                           "query_proj")
+  k_btkh = checkpoint_name(shd.constrain(k_btkh, ("batch", "seq", "kv_heads", "head_dim"), rules),
+                           "key_proj")
+  v_btkh = checkpoint_name(shd.constrain(v_btkh, ("batch", "seq", "kv_heads", "head_dim"), rules),
+                           "value_proj")
+  o_btnv = _CORES[cfg.attention](q_btnh, k_btkh, v_btkh, segment_ids_bt, p, layer, cfg)
+  o_btnv = checkpoint_name(shd.constrain(o_btnv, ("batch", "seq", "heads", "head_dim"), rules),
+                           "attn_out")
+  out_btd = jnp.einsum("btnv,nvd->btd", o_btnv, p["wo"].astype(dtype))
+  if cfg.o_bias:
+    out_btd = out_btd + p["bo"].astype(dtype)
+  return out_btd

@@ -1,0 +1,70 @@
+"""Small building blocks: RMSNorm, rotate-half RoPE, PolyNorm, and the two gated MLPs.
+
+Dimension letters (see `transformer.py`): b batch, t query seq, s key seq, d model width,
+n query heads, k kv heads, h head dim, f ffw width, v vocab, l layers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from motif_jax import sharding as shd
+from motif_jax.model.config import ModelConfig
+
+
+def rms_norm(x: jax.Array, weight: jax.Array | None, eps: float) -> jax.Array:
+  """RMS normalization over the last axis, computed in float32, returned in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  if weight is not None:
+    y = y * weight.astype(jnp.float32)
+  return y.astype(x.dtype)
+
+
+def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos/sin tables [b, t, h] for rotate-half RoPE (NeoX / HF Llama layout), float32."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles_bth2 = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+  angles_bth = jnp.concatenate([angles_bth2, angles_bth2], axis=-1)
+  return jnp.cos(angles_bth), jnp.sin(angles_bth)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+  x32 = x_btnh.astype(jnp.float32)
+  half = x32.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  out = x32 * cos_bth[:, :, None, :] + rotated * sin_bth[:, :, None, :]
+  return out.astype(x_btnh.dtype)
+
+
+def polynorm(x_btf: jax.Array, w_3: jax.Array, b_1: jax.Array, eps: float) -> jax.Array:
+  """w0·N(x³) + w1·N(x²) + w2·N(x) + b, N = RMS over the ffw axis without gain, in float32.
+
+  Under tensor parallelism the ffw axis is sharded; the means below are over the full axis and
+  GSPMD inserts the all-reduce (recipe §1.4).
+  """
+  x32 = x_btf.astype(jnp.float32)
+
+  def norm(z):
+    return z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) + eps)
+
+  w32 = w_3.astype(jnp.float32)
+  y = w32[0] * norm(x32 ** 3) + w32[1] * norm(x32 ** 2) + w32[2] * norm(x32) + b_1.astype(
+      jnp.float32)[0]
+  return y.astype(x_btf.dtype)
+
+
+def mlp(x_btd: jax.Array, p: dict, cfg: ModelConfig) -> jax.Array:
+  """Gated MLP: down(act(gate(x)) * up(x)), act = SiLU (swiglu) or PolyNorm (polynorm)."""
+  dtype = jnp.dtype(cfg.dtype)
+  gate_btf = jnp.einsum("btd,df->btf", x_btd, p["w_gate"].astype(dtype))
+  up_btf = jnp.einsum("btd,df->btf", x_btd, p["w_up"].astype(dtype))
+  if cfg.mlp == "polynorm":
+    act_btf = polynorm(gate_btf, p["poly_w"], p["poly_b"], cfg.polynorm_eps)
+  else:
+    act_btf = jax.nn.silu(gate_btf)
+  hidden_btf = shd.constrain(act_btf * up_btf, ("batch", "seq", "ffw"), cfg.sharding)
+  hidden_btf = checkpoint_name(hidden_btf, "mlp_hidden")
+  return jnp.einsum("btf,fd->btd", hidden_btf, p["w_down"].astype(dtype))

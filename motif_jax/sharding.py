@@ -1,0 +1,161 @@
+"""Device mesh, logical-to-mesh sharding rules, and activation constraints.
+
+Logical axes are a closed set of words (`LOGICAL_AXES`); every parameter declares its logical axes
+once, where it is declared (`model/params.py`). `ShardingRules` maps each logical axis to zero, one
+or several of the four mesh axes in `MESH_AXES`. There are no regexes over parameter paths.
+
+FSDP semantics: the mesh axes that carry the batch in activations (`rules.batch`, by default
+`("data", "fsdp")`) shard *parameters* only. `activation_rules` drops them from every other
+logical axis, so `embed -> fsdp` shards weights while activations stay batch-sharded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+LOGICAL_AXES = ("batch", "seq", "embed", "heads", "kv_heads", "head_dim", "ffw", "vocab", "layers")
+
+MeshAxes = str | tuple[str, ...] | None
+
+
+def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
+  if axes is None:
+    return ()
+  if isinstance(axes, str):
+    return (axes,)
+  return tuple(axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+  """Logical axis -> mesh axes. One field per logical axis; `None` means replicated."""
+
+  batch: MeshAxes = ("data", "fsdp")
+  seq: MeshAxes = "sequence"
+  embed: MeshAxes = "fsdp"
+  heads: MeshAxes = "tensor"
+  kv_heads: MeshAxes = "tensor"
+  head_dim: MeshAxes = None
+  ffw: MeshAxes = "tensor"
+  vocab: MeshAxes = "tensor"
+  layers: MeshAxes = None
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      axes = _as_tuple(value)
+      # Normalize lists (from ml_collections) to tuples so the rules stay hashable.
+      if value is not None and not isinstance(value, str):
+        object.__setattr__(self, field.name, axes)
+      for axis in axes:
+        if axis not in MESH_AXES:
+          raise ValueError(
+              f"sharding rule {field.name}={value!r}: unknown mesh axis {axis!r}; "
+              f"mesh axes are {MESH_AXES}")
+      if len(set(axes)) != len(axes):
+        raise ValueError(f"sharding rule {field.name}={value!r} repeats a mesh axis")
+
+  def mesh_axes(self, logical: str | None) -> tuple[str, ...]:
+    if logical is None:
+      return ()
+    if logical not in LOGICAL_AXES:
+      raise ValueError(f"unknown logical axis {logical!r}; logical axes are {LOGICAL_AXES}")
+    return _as_tuple(getattr(self, logical))
+
+
+def activation_rules(rules: ShardingRules) -> ShardingRules:
+  """Rules for activations: mesh axes used by the batch are removed from every other axis."""
+  batch_axes = set(_as_tuple(rules.batch))
+  updates = {}
+  for name in LOGICAL_AXES:
+    if name == "batch":
+      continue
+    kept = tuple(a for a in _as_tuple(getattr(rules, name)) if a not in batch_axes)
+    updates[name] = kept if kept else None
+  return dataclasses.replace(rules, **updates)
+
+
+def spec_for(logical_axes: Sequence[str | None], rules: ShardingRules) -> PartitionSpec:
+  """PartitionSpec for an array whose dims carry `logical_axes`; raises on a reused mesh axis."""
+  used: dict[str, str] = {}
+  parts = []
+  for logical in logical_axes:
+    axes = rules.mesh_axes(logical)
+    for axis in axes:
+      if axis in used:
+        raise ValueError(
+            f"logical axes {used[axis]!r} and {logical!r} both map to mesh axis {axis!r} "
+            f"in {tuple(logical_axes)}")
+      used[axis] = logical
+    parts.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return PartitionSpec(*parts)
+
+
+def shard_count(logical: str | None, rules: ShardingRules, mesh_shape: Mapping[str, int]) -> int:
+  """Number of shards a dimension with this logical axis is split into on `mesh_shape`."""
+  return int(np.prod([mesh_shape.get(a, 1) for a in rules.mesh_axes(logical)], dtype=np.int64))
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """'data=1,fsdp=8' -> {'data': 1, 'fsdp': 8, 'tensor': 1, 'sequence': 1}."""
+  shape = {axis: 1 for axis in MESH_AXES}
+  for item in filter(None, (s.strip() for s in text.split(","))):
+    name, sep, value = item.partition("=")
+    if not sep or name not in MESH_AXES:
+      raise ValueError(f"--mesh item {item!r}: expected AXIS=N with AXIS in {MESH_AXES}")
+    if not value.isdigit() or int(value) < 1:
+      raise ValueError(f"--mesh item {item!r}: size must be a positive integer")
+    shape[name] = int(value)
+  return shape
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 4-axis mesh (`MESH_AXES` order) with Auto axis types (jit + sharding-constraint style)."""
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; mesh axes are {MESH_AXES}")
+  sizes = tuple(int(shape.get(axis, 1)) for axis in MESH_AXES)
+  devices = list(jax.devices() if devices is None else devices)
+  needed = int(np.prod(sizes))
+  if needed != len(devices):
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {needed} devices, "
+                     f"{len(devices)} are available")
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None],
+                   rules: ShardingRules) -> NamedSharding:
+  return NamedSharding(mesh, spec_for(logical_axes, rules))
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: ShardingRules) -> jax.Array:
+  """Sharding constraint on an activation; a no-op when no mesh is set (`jax.set_mesh`)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  spec = spec_for(logical_axes, activation_rules(rules))
+  # Drop mesh axes the ambient mesh does not have (e.g. a user mesh without "sequence").
+  names = set(mesh.axis_names)
+  parts = []
+  for part in spec:
+    axes = tuple(a for a in _as_tuple(part) if a in names)
+    parts.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(*parts))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None):
+  """`jax.set_mesh(mesh)` as a context manager, or nothing when `mesh` is None."""
+  if mesh is None:
+    yield
+    return
+  with jax.set_mesh(mesh):
+    yield
