@@ -1,5 +1,6 @@
 """The Motif-2 / Llama / Qwen2 / DiffLlama decoder as pure functions over a parameter tree."""
 
+from motif_jax.model import accounting
 from motif_jax.model.config import ModelConfig
 from motif_jax.model.params import (ParamSpec, abstract_params, count_params, init_params,
                                     param_logical_axes, param_partition_specs, param_shardings,

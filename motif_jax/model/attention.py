@@ -99,9 +99,10 @@ def attention(x_btd: jax.Array, p: dict, layer: jax.Array, cos_bth: jax.Array,
   k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, p["wk"].astype(dtype))
   v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, p["wv"].astype(dtype))
   if cfg.qkv_bias:
-    q_btnh = q_btnh + p["bq"].astype(dtype)
-    k_btkh = k_btkh + p["bk"].astype(dtype)
-    v_btkh = v_btkh + p["bv"].astype(dtype)
+    # Explicit [None, None]: biases broadcast over (b, t) without implicit rank promotion.
+    q_btnh = q_btnh + p["bq"].astype(dtype)[None, None]
+    k_btkh = k_btkh + p["bk"].astype(dtype)[None, None]
+    v_btkh = v_btkh + p["bv"].astype(dtype)[None, None]
   q_btnh = layers.apply_rope(q_btnh, cos_bth, sin_bth)
   k_btkh = layers.apply_rope(k_btkh, cos_bth, sin_bth)
   q_btnh = checkpoint_name(shd.constrain(q_btnh, ("batch", "seq", "heads", "head_dim"), rules),
@@ -115,5 +116,5 @@ def attention(x_btd: jax.Array, p: dict, layer: jax.Array, cos_bth: jax.Array,
                            "attn_out")
   out_btd = jnp.einsum("btnv,nvd->btd", o_btnv, p["wo"].astype(dtype))
   if cfg.o_bias:
-    out_btd = out_btd + p["bo"].astype(dtype)
+    out_btd = out_btd + p["bo"].astype(dtype)[None, None]
   return out_btd

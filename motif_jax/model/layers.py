@@ -19,14 +19,14 @@ def rms_norm(x: jax.Array, weight: jax.Array | None, eps: float) -> jax.Array:
   x32 = x.astype(jnp.float32)
   y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
   if weight is not None:
-    y = y * weight.astype(jnp.float32)
+    y = y * jnp.expand_dims(weight.astype(jnp.float32), range(y.ndim - 1))
   return y.astype(x.dtype)
 
 
 def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
   """cos/sin tables [b, t, h] for rotate-half RoPE (NeoX / HF Llama layout), float32."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  angles_bth2 = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+  angles_bth2 = positions_bt.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
   angles_bth = jnp.concatenate([angles_bth2, angles_bth2], axis=-1)
   return jnp.cos(angles_bth), jnp.sin(angles_bth)
 
@@ -52,7 +52,7 @@ def polynorm(x_btf: jax.Array, w_3: jax.Array, b_1: jax.Array, eps: float) -> ja
 
   w32 = w_3.astype(jnp.float32)
   y = w32[0] * norm(x32 ** 3) + w32[1] * norm(x32 ** 2) + w32[2] * norm(x32) + b_1.astype(
-      jnp.float32)[0]
+      jnp.float32)[0]  # scalar coefficients broadcast without rank promotion
   return y.astype(x_btf.dtype)
 
 

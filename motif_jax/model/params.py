@@ -165,24 +165,25 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh) -> Params:
 
 
 def validate_sharding(cfg: ModelConfig, mesh_shape: Mapping[str, int]) -> None:
-  """Raise a `ValueError` naming the config field when a dimension does not divide its shards."""
+  """Raise a `ValueError` naming each config field whose dimension does not divide its shards."""
+  problems: dict[str, str] = {}
+
   def check(path, spec: ParamSpec):
     for dim, (size, axis) in enumerate(zip(spec.shape, spec.axes)):
       shards = shd.shard_count(axis, cfg.sharding, mesh_shape)
-      if size % shards:
-        field = AXIS_FIELDS[axis]
-        mesh_axes = "*".join(f"{a}={mesh_shape.get(a, 1)}" for a in cfg.sharding.mesh_axes(axis))
-        raise ValueError(
-            f"model.{field}={getattr(cfg, field)} does not divide over the mesh: dimension "
-            f"{dim} (size {size}, logical axis {axis!r}) of parameter {_path_str(path)!r} is "
-            f"split into {mesh_axes}={shards} shards")
+      field = AXIS_FIELDS.get(axis)
+      if size % shards and field not in problems:
+        over = "*".join(f"{a}={mesh_shape.get(a, 1)}" for a in cfg.sharding.mesh_axes(axis))
+        problems[field] = (
+            f"model.{field}={getattr(cfg, field)} does not divide over the mesh: dimension {dim} "
+            f"(size {size}, logical axis {axis!r}) of parameter {_path_str(path)!r} is split "
+            f"over {over} ({shards} shards)")
+
+  # For gda, a shard count dividing num_kv_heads = 2G, num_heads = G(r+1) and the G·r o_proj
+  # heads also divides G = G(r+1) − G·r, so shards always hold whole head groups.
   jax.tree_util.tree_map_with_path(check, param_specs(cfg), is_leaf=_is_spec)
-  if cfg.attention == "gda":
-    shards = shd.shard_count("heads", cfg.sharding, mesh_shape)
-    if cfg.num_groups % shards:
-      raise ValueError(
-          f"model.num_kv_heads={cfg.num_kv_heads}: gda keeps each of its num_kv_heads/2="
-          f"{cfg.num_groups} head groups on one shard, but 'heads' is split {shards} ways")
+  if problems:
+    raise ValueError("; ".join(problems.values()))
 
 
 def init_params(key: jax.Array, cfg: ModelConfig, mesh: Mesh | None = None) -> Params:

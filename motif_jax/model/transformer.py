@@ -88,7 +88,11 @@ def decode_embeddings(params: dict, x_btd: jax.Array, cfg: ModelConfig, *,
 
 
 def embed(params: dict, tokens_bt: jax.Array, cfg: ModelConfig) -> jax.Array:
-  return jnp.take(params["embed"], tokens_bt, axis=0).astype(cfg.dtype)
+  # Gather from a table sharded on vocab only: each shard looks up its own rows and the partial
+  # results are summed, instead of GSPMD replicating the table (it cannot reshard the gather).
+  table_vd = shd.constrain(params["embed"], ("vocab", None), cfg.sharding)
+  x_btd = jnp.take(table_vd, tokens_bt, axis=0).astype(cfg.dtype)
+  return shd.constrain(x_btd, ("batch", "seq", "embed"), cfg.sharding)
 
 
 def forward(params: dict, tokens_bt: jax.Array, cfg: ModelConfig, *,

@@ -1,0 +1,80 @@
+"""Typed config boundary: variants, conversion and errors that name the field."""
+
+import dataclasses
+
+import pytest
+
+from configs import common, motif2_12b, tiny
+from motif_jax.model import ModelConfig
+
+
+def test_motif2_12b_numbers_match_recipe():
+  cfg = ModelConfig.from_config_dict(motif2_12b.get_config().model)
+  assert (cfg.num_layers, cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+          cfg.vocab_size) == (40, 4096, 16384, 40, 16, 128, 219520)
+  assert (cfg.attention, cfg.mlp, cfg.tie_embeddings, cfg.rope_theta) == ("gda", "polynorm",
+                                                                         False, 1e6)
+  assert (cfg.num_groups, cfg.num_out_heads, cfg.value_dim) == (8, 32, 256)
+
+
+def test_lambda_init_uses_motif_zero_based_convention():
+  cfg = ModelConfig.from_config_dict(motif2_12b.get_config().model)
+  # 0.8 - 0.6 exp(-0.3 (l - 1)) with 0-based l: l=1 gives exactly 0.2; l=0 is slightly negative
+  # (a 1-based formula would give 0.2 at l=0 instead).
+  assert cfg.lambda_init(1) == pytest.approx(0.2)
+  assert cfg.lambda_init(0) == pytest.approx(0.8 - 0.6 * 1.3498588, abs=1e-6)  # e^0.3 = 1.3498588
+  assert cfg.lambda_init(39) == pytest.approx(0.8 - 0.6 * 2.718281828 ** (-0.3 * 38))
+  diff = dataclasses.replace(cfg, attention="diff", num_heads=32)
+  assert diff.lambda_init(0) == pytest.approx(0.2)  # HF DiffLlama: 0.8 - 0.6 exp(-0.3 l)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("num_heads", 41, r"model\.num_heads=41 must equal"),
+    ("num_kv_heads", 15, r"model\.num_kv_heads=15 must be even"),
+    ("head_dim", 0, r"model\.head_dim=0 must be a positive integer"),
+    ("attention", "mla", r"model\.attention='mla' must be one of"),
+    ("remat", "some", r"model\.remat='some' must be one of"),
+    ("dtype", "float8", r"model\.dtype='float8' must be one of"),
+    ("rms_norm_eps", 0.0, r"model\.rms_norm_eps=0.0 must be positive"),
+])
+def test_invalid_model_fields_are_named(field, value, match):
+  config = motif2_12b.get_config()
+  config.model[field] = value
+  with pytest.raises(ValueError, match=match):
+    ModelConfig.from_config_dict(config.model)
+
+
+def test_unknown_missing_and_sharding_fields_are_named():
+  config = tiny.get_config().model.to_dict()
+  with pytest.raises(ValueError, match=r"unknown model config fields: model\.n_layer"):
+    ModelConfig.from_config_dict({**config, "n_layer": 3})
+  del config["d_ff"]
+  with pytest.raises(ValueError, match=r"missing model config fields: model\.d_ff"):
+    ModelConfig.from_config_dict(config)
+  config = tiny.get_config().model
+  config.sharding.heads = "model"
+  with pytest.raises(ValueError, match=r"model\.sharding: .*unknown mesh axis 'model'"):
+    ModelConfig.from_config_dict(config)
+
+
+def test_gqa_head_divisibility():
+  config = tiny.get_config("gqa").model
+  config.num_heads = 6
+  with pytest.raises(ValueError, match=r"model\.num_heads=6 must be a multiple of "
+                                       r"model\.num_kv_heads=4"):
+    ModelConfig.from_config_dict(config)
+
+
+def test_parse_arg_variants():
+  args = common.parse_arg("smoke,seq=128", smoke=False, seq=65536)
+  assert args.smoke is True and args.seq == 128
+  with pytest.raises(ValueError, match="unknown config variant 'tiny'"):
+    common.parse_arg("tiny", smoke=False)
+  with pytest.raises(ValueError, match="needs a value"):
+    common.parse_arg("seq", seq=1)
+
+
+@pytest.mark.parametrize("module,arg", [(tiny, None), (tiny, "smoke"), (tiny, "gqa"),
+                                        (motif2_12b, None), (motif2_12b, "smoke")])
+def test_every_variant_converts(module, arg):
+  ModelConfig.from_config_dict(module.get_config(arg).model)
