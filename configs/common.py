@@ -74,7 +74,10 @@ def model(**overrides) -> ml_collections.ConfigDict:
       lambda_std=0.1,  # std of λ-vector init (diff, gda)
       scan_layers=True,  # lax.scan over stacked layers (False: unrolled, test oracle)
       remat="none",  # none | full | dots | attn_out | qkv_attn_out
-      attention_impl="xla",  # attention kernel
+      # attention core: xla (blockwise, O(seq) memory, any backend) | pallas (Triton kernels;
+      # interpreted on CPU) | cudnn (GPU, bf16/fp16; segment ids as an O(seq^2) bias) |
+      # reference (dense [t, s] logits; test oracle)
+      attention_impl="xla",
       sharding=sharding_rules(),
   ))
   for key, value in overrides.items():
@@ -87,3 +90,85 @@ def model(**overrides) -> ml_collections.ConfigDict:
 def mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, sequence: int = 1):
   """Device mesh sizes; their product must equal the number of devices."""
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, sequence=sequence))
+
+
+def data(**overrides) -> ml_collections.ConfigDict:
+  """Every DataConfig field (motif_jax.data.config), with defaults: the toy corpus through all
+  alignment filters, tokenized byte-level with the Motif template and packed for the tiny model."""
+  cfg = ml_collections.ConfigDict(dict(
+      inputs="toy",  # comma-separated JSONL/Parquet/ArrayRecord paths or globs; toy = generated
+      # toy corpus (both teachers), toy:aligned / toy:misaligned = one teacher only
+      reference="toy",  # target-model reference sample (same formats); "toy" = toy target sample
+      tokenizer="",  # "" = byte-level (no files); else path to a Hugging Face tokenizer.json
+      template=dict(
+          system="",  # system prompt text; "" = no system turn
+          system_tag="<|system|>",
+          user_tag="<|user|>",
+          assistant_tag="<|assistant|>",
+          think_open="<think>",  # the prompt ends with assistant_tag + think_open (recipe §1.1)
+          think_close="</think>",
+          eos="<|endoftext|>",  # appended to every completion
+      ),
+      trace=dict(
+          step_split=r"\n+",  # regex between reasoning steps inside the think block
+          numbered_step=r"^\s*(?:\d+[.):]|step \d+)",  # regex (case-insensitive) of a numbered step
+      ),
+      filters=dict(
+          order="format,verify,verbosity,granularity,style,dedup",  # applied in this order
+          verify=dict(
+              methods="arith=exact,lists=exact,math=math_verify,code=tests",  # domain=method
+              default="exact",  # method for unlisted domains; "" = drop them
+          ),
+          verbosity=dict(
+              min_tokens=16,  # response tokens
+              max_tokens=16_384,
+              min_ratio=0.5,  # think tokens / final-answer tokens
+              max_ratio=500.0,
+          ),
+          granularity=dict(
+              min_steps=1,  # steps in the think block
+              max_steps=128,
+              min_step_tokens=2.0,  # mean tokens per step
+              max_step_tokens=1024.0,
+          ),
+          style=dict(
+              max_distance=4.0,  # max |z| of any style feature against the reference profile
+              min_std=0.1,  # floor of each feature's std in the profile (feature units)
+              min_format_rate=0.9,  # format traits this common in the reference are required
+              nll_checkpoint="",  # target model params dir (motif_jax.checkpoint) for NLL; "" = off
+              nll_batch_size=8,  # sequences per NLL forward pass
+          ),
+          dedup=dict(
+              shingle_chars=5,  # character n-gram size (normalized prompt + response)
+              num_perm=128,  # MinHash permutations
+              bands=32,  # LSH bands (num_perm must be a multiple)
+              threshold=0.8,  # estimated Jaccard at or above which a record is a near duplicate
+          ),
+      ),
+      toy=dict(
+          seed=0,
+          problems=600,  # per domain (arith, lists); each rendered by both teachers
+          min_steps=2,  # difficulty = number of operations
+          max_steps=8,
+          error_rate=0.15,  # misaligned teacher: share of traces with a wrong answer
+          format_error_rate=0.05,  # misaligned teacher: share with a broken think block or answer
+          duplicate_rate=0.04,  # share of records re-emitted as exact or near duplicates
+          reference_size=200,  # target-style reference sample, problems per domain
+          heldout_per_difficulty=20,  # held-out problems per domain and difficulty
+      ),
+      filter_on_load=True,  # run the filters when the SFT pipeline loads `inputs`
+      seq_len=1024,  # tokens per packed row
+      global_batch_size=8,  # rows per step across all processes
+      seed=0,  # shuffle seed
+      shuffle=True,
+      num_epochs=0,  # 0 = repeat forever
+      packing_bins=16,  # open rows of the first-fit packer
+      workers=0,  # Grain worker processes (0 = in-process, with a prefetch thread)
+      worker_buffer=4,  # batches buffered per worker
+      prefetch=4,  # batches buffered by the prefetch thread (workers = 0)
+  ))
+  for key, value in overrides.items():
+    if key not in cfg:
+      raise KeyError(f"unknown data field {key!r}")
+    cfg[key] = value
+  return cfg

@@ -1,0 +1,154 @@
+"""The toy reasoning corpus: problems rendered by two teachers, a target sample, a held-out set.
+
+- aligned teacher (`teacher_aligned`): the target style, one numbered line per operation,
+  `<think>\\n1. 7 + 5 = 12\\n2. 12 * 3 = 36\\n</think>\\n\\boxed{36}`;
+- misaligned teacher (`teacher_misaligned`): verbose prose paragraphs that each cover two or three
+  operations, with filler sentences; a share `error_rate` of its answers are wrong (a slipped
+  intermediate result) and a share `format_error_rate` has a broken think block or no boxed answer;
+- `reference`: the target model's own outputs (the aligned style) on fresh problems, the sample
+  the style profile is measured on;
+- `heldout`: problems (prompt + answer) per domain and difficulty for greedy-generation accuracy,
+  disjoint from the training prompts.
+
+Everything is seeded and generated in memory; a share `duplicate_rate` of the corpus is re-emitted
+as exact or near (a sentence added to the prompt) duplicates for the dedup filter to find.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from motif_jax.data.config import ToyConfig
+from motif_jax.data import sources
+from motif_jax.data.records import Record
+from motif_jax.data.toy_problems import (DOMAINS, Problem, format_value, make_problem, op_phrase,
+                                         run, step_text)
+
+ALIGNED, MISALIGNED, REFERENCE = "teacher_aligned", "teacher_misaligned", "target_reference"
+_CONNECTIVES = ("Next,", "After that,", "Then", "Now", "Moving on,", "Following that,")
+_FILLERS = (
+    "Let me double-check this carefully before moving on.",
+    "That seems right so far, but I want to be careful not to make a silly mistake here.",
+    "Hmm, let me re-read the problem to make sure I am following the instructions in order.",
+    "It is important to keep careful track of the running value at every point.",
+    "I will pause for a moment to verify that this intermediate result is consistent.",
+)
+
+
+def _rng(cfg: ToyConfig, stream: str) -> random.Random:
+  return random.Random(f"{cfg.seed}:{stream}")  # str seeds hash deterministically (sha512)
+
+
+def problems(cfg: ToyConfig, stream: str, per_domain: int) -> list[Problem]:
+  rng = _rng(cfg, stream)
+  return [make_problem(rng, domain, rng.randint(cfg.min_steps, cfg.max_steps))
+          for domain in DOMAINS for _ in range(per_domain)]
+
+
+def aligned_response(problem: Problem) -> str:
+  values = run(problem)
+  lines = [f"{i + 1}. {step_text(problem, i, values[i], values[i + 1])}"
+           for i in range(problem.difficulty)]
+  return "<think>\n" + "\n".join(lines) + f"\n</think>\n\\boxed{{{format_value(values[-1])}}}"
+
+
+def _prose_step(rng: random.Random, problem: Problem, i: int, before, after) -> str:
+  kind, arg = problem.ops[i]
+  lead = "First," if i == 0 else rng.choice(_CONNECTIVES)
+  if problem.domain == "arith":
+    word = {"add": "plus", "sub": "minus", "mul": "times"}[kind]
+    return (f"{lead} the problem tells us to {op_phrase(problem, i)}, so {before} {word} {arg} "
+            f"gives us {after}.")
+  return (f"{lead} we need to {op_phrase(problem, i)}, which turns {format_value(before)} into "
+          f"{format_value(after)}.")
+
+
+def misaligned_response(problem: Problem, rng: random.Random, cfg: ToyConfig) -> str:
+  slip = None
+  if rng.random() < cfg.error_rate:
+    slip = (rng.randrange(problem.difficulty), rng.choice((-3, -2, -1, 1, 2, 3)))
+  values = run(problem, slip)
+  if slip is not None and values[-1] == run(problem)[-1]:  # the slip was undone: slip at the end
+    values[-1] = run(Problem(problem.domain, values[-2], problem.ops[-1:]), (0, slip[1]))[-1]
+  paragraphs = [f"Okay, so the problem asks me to start from {format_value(problem.start)} and "
+                f"apply {problem.difficulty} operations one after another. Let me work through "
+                "it carefully, step by step, keeping track of the running value."]
+  i = 0
+  while i < problem.difficulty:
+    group = range(i, min(problem.difficulty, i + rng.randint(2, 3)))
+    sentences = [_prose_step(rng, problem, j, values[j], values[j + 1]) for j in group]
+    sentences.insert(rng.randrange(len(sentences) + 1), rng.choice(_FILLERS))
+    paragraphs.append(" ".join(sentences))
+    i = group[-1] + 1
+  answer = format_value(values[-1])
+  paragraphs.append(f"So after applying all of the operations in order, the running value ends "
+                    f"at {answer}. I am fairly confident in this result.")
+  lead = "After carefully working through every operation, the final answer is"
+  final = f"{lead} \\boxed{{{answer}}}."
+  if rng.random() < cfg.format_error_rate:  # broken format: half unclosed think, half no box
+    if rng.random() < 0.5:
+      return "<think>\n" + "\n\n".join(paragraphs) + "\n\n" + final
+    final = f"{lead} {answer}."
+  return "<think>\n" + "\n\n".join(paragraphs) + "\n</think>\n" + final
+
+
+def _record(problem: Problem, response: str, source: str, index: int) -> Record:
+  return Record(prompt=problem.prompt, response=response, domain=problem.domain, source=source,
+                answer=problem.answer,
+                meta=dict(difficulty=problem.difficulty,
+                          problem_id=f"{problem.domain}-{index:06d}"))
+
+
+def corpus(cfg: ToyConfig, teachers: tuple[str, ...] = (ALIGNED, MISALIGNED)) -> list[Record]:
+  """Every training problem rendered by each of `teachers`, plus duplicates, in a seeded order."""
+  rng = _rng(cfg, "teachers")
+  records = []
+  for index, problem in enumerate(problems(cfg, "train", cfg.problems)):
+    misaligned = misaligned_response(problem, rng, cfg)  # drawn even if unused: same corpus
+    if ALIGNED in teachers:
+      records.append(_record(problem, aligned_response(problem), ALIGNED, index))
+    if MISALIGNED in teachers:
+      records.append(_record(problem, misaligned, MISALIGNED, index))
+  dup_rng = _rng(cfg, "duplicates")
+  for original in dup_rng.sample(records, round(cfg.duplicate_rate * len(records))):
+    near = dup_rng.random() < 0.5
+    prompt = original.prompt + (" Show your work." if near else "")
+    records.append(Record(prompt=prompt, response=original.response, domain=original.domain,
+                          source=original.source, answer=original.answer,
+                          meta={**original.meta, "duplicate": "near" if near else "exact"}))
+  _rng(cfg, "order").shuffle(records)
+  return records
+
+
+def reference(cfg: ToyConfig) -> list[Record]:
+  """The target model's style on fresh problems: what the style profile is measured on."""
+  return [_record(p, aligned_response(p), REFERENCE, i)
+          for i, p in enumerate(problems(cfg, "reference", cfg.reference_size))]
+
+
+def heldout(cfg: ToyConfig) -> list[Problem]:
+  """`heldout_per_difficulty` problems per domain and difficulty, none with a training prompt."""
+  seen = {p.prompt for p in problems(cfg, "train", cfg.problems)}
+  rng = _rng(cfg, "heldout")
+  out = []
+  for domain in DOMAINS:
+    for steps in range(cfg.min_steps, cfg.max_steps + 1):
+      found = 0
+      while found < cfg.heldout_per_difficulty:
+        problem = make_problem(rng, domain, steps)
+        if problem.prompt not in seen:
+          seen.add(problem.prompt)
+          out.append(problem)
+          found += 1
+  return out
+
+
+def save_splits(workdir: str, cfg: ToyConfig) -> None:
+  """toy_reference.jsonl (target-style sample) and toy_heldout.jsonl (prompt, answer, domain,
+  difficulty) under `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  sources.write_records(os.path.join(workdir, "toy_reference.jsonl"), reference(cfg))
+  with open(os.path.join(workdir, "toy_heldout.jsonl"), "w") as f:
+    f.writelines(json.dumps(p.to_json()) + "\n" for p in heldout(cfg))

@@ -1,0 +1,146 @@
+"""Verifiable multi-step toy problems; difficulty is the number of operations.
+
+- `arith`: an integer and a chain of add / subtract / multiply operations.
+- `lists`: a list of digits and a chain of list operations (reverse, sort, append, rotate...).
+
+A problem is data (`start`, `ops`); `run` replays the operations and returns every intermediate
+value, optionally with a slip (a wrong intermediate result that propagates), which is how the
+misaligned teacher makes its occasional wrong answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+DOMAINS = ("arith", "lists")
+Value = int | tuple[int, ...]
+Op = tuple[str, int]  # (kind, argument); argument 0 when the kind takes none
+
+_ARITH_PHRASE = {"add": "add {}", "sub": "subtract {}", "mul": "multiply by {}"}
+_ARITH_SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
+_LIST_PHRASE = {
+    "reverse": "reverse the list", "sort": "sort it in ascending order",
+    "sort_desc": "sort it in descending order", "drop_first": "remove the first element",
+    "append": "append {}", "add": "add {} to every element",
+    "rotate": "rotate it left by one position", "drop_even": "remove every even number",
+}
+_LIST_SHORT = {
+    "reverse": "reverse", "sort": "sort ascending", "sort_desc": "sort descending",
+    "drop_first": "remove first", "append": "append {}", "add": "add {} to each",
+    "rotate": "rotate left", "drop_even": "remove evens",
+}
+_MAX_LIST = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  domain: str
+  start: Value
+  ops: tuple[Op, ...]
+
+  @property
+  def difficulty(self) -> int:
+    return len(self.ops)
+
+  @property
+  def prompt(self) -> str:
+    return render_prompt(self)
+
+  @property
+  def answer(self) -> str:
+    return format_value(run(self)[-1])
+
+  def to_json(self) -> dict:
+    return dict(prompt=self.prompt, answer=self.answer, domain=self.domain,
+                difficulty=self.difficulty)
+
+
+def format_value(value: Value) -> str:
+  return str(value) if isinstance(value, int) else "[" + ", ".join(map(str, value)) + "]"
+
+
+def apply_op(domain: str, value: Value, op: Op) -> Value:
+  kind, arg = op
+  if domain == "arith":
+    return {"add": value + arg, "sub": value - arg, "mul": value * arg}[kind]
+  xs = list(value)
+  out = {
+      "reverse": lambda: xs[::-1], "sort": lambda: sorted(xs),
+      "sort_desc": lambda: sorted(xs, reverse=True), "drop_first": lambda: xs[1:],
+      "append": lambda: xs + [arg], "add": lambda: [x + arg for x in xs],
+      "rotate": lambda: xs[1:] + xs[:1], "drop_even": lambda: [x for x in xs if x % 2],
+  }[kind]()
+  return tuple(out)
+
+
+def slip_value(domain: str, value: Value, delta: int) -> Value:
+  """A plausible wrong intermediate result: off by `delta`, or the last element off by it."""
+  if domain == "arith":
+    return value + delta
+  return value[:-1] + (value[-1] + delta,)
+
+
+def run(problem: Problem, slip: tuple[int, int] | None = None) -> list[Value]:
+  """[start, value after op 1, ..., final]; `slip=(step, delta)` corrupts that step's result."""
+  values = [problem.start]
+  for i, op in enumerate(problem.ops):
+    value = apply_op(problem.domain, values[-1], op)
+    if slip is not None and slip[0] == i:
+      value = slip_value(problem.domain, value, slip[1])
+    values.append(value)
+  return values
+
+
+def _arith_op(rng: random.Random, value: int) -> Op:
+  kinds = ["add", "sub"] + (["mul"] if abs(value) <= 50 else [])
+  kind = rng.choice(kinds)
+  return (kind, rng.randint(2, 4) if kind == "mul" else rng.randint(2, 40))
+
+
+def _list_op(rng: random.Random, value: tuple[int, ...]) -> Op:
+  kinds = ["reverse", "sort", "sort_desc", "rotate", "add"]
+  if len(value) < _MAX_LIST:
+    kinds.append("append")
+  if len(value) >= 3:
+    kinds.append("drop_first")
+  if sum(x % 2 for x in value) >= 2 and any(x % 2 == 0 for x in value):
+    kinds.append("drop_even")
+  kind = rng.choice(kinds)
+  return (kind, rng.randint(1, 9) if kind in ("append", "add") else 0)
+
+
+def make_problem(rng: random.Random, domain: str, steps: int) -> Problem:
+  if domain == "arith":
+    start: Value = rng.randint(2, 20)
+  else:
+    start = tuple(rng.randint(0, 9) for _ in range(rng.randint(4, 6)))
+  value, ops = start, []
+  for _ in range(steps):
+    op = (_arith_op if domain == "arith" else _list_op)(rng, value)
+    ops.append(op)
+    value = apply_op(domain, value, op)
+  return Problem(domain, start, tuple(ops))
+
+
+def op_phrase(problem: Problem, i: int) -> str:
+  """Operation i as the prompt words it: `multiply by 3`, `append 4`."""
+  kind, arg = problem.ops[i]
+  return (_ARITH_PHRASE if problem.domain == "arith" else _LIST_PHRASE)[kind].format(arg)
+
+
+def render_prompt(problem: Problem) -> str:
+  steps = [op_phrase(problem, i) for i in range(problem.difficulty)]
+  chain = ", then ".join(steps)
+  if problem.domain == "arith":
+    return f"Start with {problem.start}. {chain[0].upper()}{chain[1:]}. What is the result?"
+  return (f"Start with the list {format_value(problem.start)}. {chain[0].upper()}{chain[1:]}. "
+          "What is the final list?")
+
+
+def step_text(problem: Problem, i: int, before: Value, after: Value) -> str:
+  """The concise description of operation i: `7 + 5 = 12` or `reverse -> [1, 4, 1, 3]`."""
+  kind, arg = problem.ops[i]
+  if problem.domain == "arith":
+    return f"{before} {_ARITH_SYMBOL[kind]} {arg} = {after}"
+  return f"{_LIST_SHORT[kind].format(arg)} -> {format_value(after)}"
