@@ -1,8 +1,11 @@
 """Self-attention variants: GQA (Llama/Qwen2), DIFF (HF DiffLlama) and GDA (Motif-2).
 
-All three share one masked softmax core (`attend`) over grouped queries `q_btkgh`: k KV heads,
-each serving g query heads. Differential variants reuse it with a doubled value width
-(V1 ‖ V2), so one softmax is applied to both value slabs (recipe §1.3 efficiency note).
+All three share one masked softmax core over grouped queries `q_btkgh`: k KV heads, each serving
+g query heads. Differential variants reuse it with a doubled value width (V1 ‖ V2), so one softmax
+is applied to both value slabs (recipe §1.3 efficiency note). `cfg.attention_impl` picks the core
+(`ATTEND`): "reference" is the dense `attend` below (the test oracle), "xla" the O(s)-memory
+blockwise path and "pallas" the Triton kernels of `pallas_kernels.flash_attention` (interpreted on
+CPU), "cudnn" `jax.nn.dot_product_attention` (GPU only, see `attend_dot_product`).
 
 GDA layout (recipe §1.3): q heads are group-major stripes [G, ratio+1] with the last head of each
 group the noise head; K/V heads are interleaved pairs [G, 2] (even = K1/V1, odd = K2/V2).
@@ -12,6 +15,8 @@ reads V[j mod k/2] ‖ V[j mod k/2 + k/2].
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
@@ -19,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 from motif_jax import sharding as shd
 from motif_jax.model import layers
 from motif_jax.model.config import ModelConfig
+from pallas_kernels import flash_attention as fa
 
 
 def attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
@@ -43,6 +49,45 @@ def attend(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
   return o_btkgv.astype(q_btkgh.dtype)
 
 
+def attend_flash(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
+                 segment_ids_bt: jax.Array, *, impl: str) -> jax.Array:
+  """`attend` without a [t, s] tensor: pallas_kernels.flash_attention (its lse is unused)."""
+  o_btkgv, _ = fa.flash_attention(q_btkgh, k_bskh, v_bskv, segment_ids_bt, causal=True, impl=impl)
+  return o_btkgv
+
+
+def attend_dot_product(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
+                       segment_ids_bt: jax.Array, *, implementation: str = "cudnn") -> jax.Array:
+  """`attend` through jax.nn.dot_product_attention (cuDNN flash attention on GPU).
+
+  That API needs value width == QK width, so a dual-V value (width 2h) takes one call per
+  h-wide slab (V1, then V2): two fused kernels instead of one softmax for both. Segment ids go
+  in as a boolean [b, 1, t, s] mask, which cuDNN receives as an additive bias: O(t·s) memory,
+  fine at a few thousand tokens, not at 64K (use "pallas" or "xla" there). `implementation="xla"`
+  runs the same wrapper on CPU for tests.
+  """
+  b, t, k, g, h = q_btkgh.shape
+  vd = v_bskv.shape[-1]
+  if vd % h:
+    raise ValueError(f"dot_product_attention needs value width {vd} to be a multiple of the "
+                     f"head dim {h}")
+  q_btnh = q_btkgh.reshape(b, t, k * g, h)  # query head k_index * g + g_index, as in jax.nn
+  same_b1ts = (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])[:, None]
+  slabs = [jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskv[..., i * h:(i + 1) * h],
+                                        mask=same_b1ts, is_causal=True,
+                                        implementation=implementation)
+           for i in range(vd // h)]
+  return jnp.concatenate(slabs, axis=-1).reshape(b, t, k, g, vd)
+
+
+ATTEND = {
+    "reference": attend,
+    "xla": functools.partial(attend_flash, impl="xla"),
+    "pallas": functools.partial(attend_flash, impl="pallas"),
+    "cudnn": functools.partial(attend_dot_product, implementation="cudnn"),
+}
+
+
 def diff_lambda(p: dict, lambda_init: jax.Array, dtype) -> jax.Array:
   """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init, exponentials in float32 (recipe §1.3)."""
   f32 = jnp.float32
@@ -55,7 +100,8 @@ def _gqa_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
   del p, layer
   b, t, n, h = q_btnh.shape
   k = cfg.num_kv_heads
-  o_btkgh = attend(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskh, segment_ids_bt)
+  attend_fn = ATTEND[cfg.attention_impl]
+  o_btkgh = attend_fn(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskh, segment_ids_bt)
   return o_btkgh.reshape(b, t, n, h)
 
 
@@ -64,8 +110,9 @@ def _diff_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
   k = cfg.num_kv_heads
   v_half_bskv = jnp.concatenate([v_bskh[:, :, : k // 2], v_bskh[:, :, k // 2:]], axis=-1)
   v_bskv = jnp.concatenate([v_half_bskv, v_half_bskv], axis=2)
-  o_btnv = attend(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskv,
-                  segment_ids_bt).reshape(b, t, n, 2 * h)
+  attend_fn = ATTEND[cfg.attention_impl]
+  o_btnv = attend_fn(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskv,
+                     segment_ids_bt).reshape(b, t, n, 2 * h)
   lam = diff_lambda(p, cfg.lambda_init(layer), o_btnv.dtype)
   o_btnv = o_btnv[:, :, : n // 2] - lam * o_btnv[:, :, n // 2:]
   return layers.rms_norm(o_btnv, None, cfg.attn_rms_norm_eps) * (1 - cfg.lambda_init(layer))
@@ -78,8 +125,9 @@ def _gda_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
   k_bsg2h = k_bskh.reshape(b, -1, g, 2, h)  # interleaved: even K1, odd K2
   v_bsg2h = v_bskh.reshape(b, -1, g, 2, h)
   v_bsgv = jnp.concatenate([v_bsg2h[:, :, :, 0], v_bsg2h[:, :, :, 1]], axis=-1)  # V1 ‖ V2
-  signal_btgrv = attend(q_btgrh[:, :, :, :r], k_bsg2h[:, :, :, 0], v_bsgv, segment_ids_bt)
-  noise_btg1v = attend(q_btgrh[:, :, :, r:], k_bsg2h[:, :, :, 1], v_bsgv, segment_ids_bt)
+  attend_fn = ATTEND[cfg.attention_impl]
+  signal_btgrv = attend_fn(q_btgrh[:, :, :, :r], k_bsg2h[:, :, :, 0], v_bsgv, segment_ids_bt)
+  noise_btg1v = attend_fn(q_btgrh[:, :, :, r:], k_bsg2h[:, :, :, 1], v_bsgv, segment_ids_bt)
   lam = diff_lambda(p, cfg.lambda_init(layer), signal_btgrv.dtype)
   o_btgrv = signal_btgrv - lam * noise_btg1v  # each noise head serves its group's r heads
   o_btgrv = layers.rms_norm(o_btgrv, p["subln"], cfg.attn_rms_norm_eps)

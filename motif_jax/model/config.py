@@ -19,7 +19,7 @@ from motif_jax.sharding import ShardingRules
 ATTENTION_KINDS = ("gqa", "diff", "gda")
 MLP_KINDS = ("swiglu", "polynorm")
 REMAT_NAMES = ("none", "full", "dots", "attn_out", "qkv_attn_out")
-ATTENTION_IMPLS = ("xla",)
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "reference")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -51,7 +51,7 @@ class ModelConfig:
   lambda_std: float = 0.1
   scan_layers: bool = True
   remat: str = "none"
-  attention_impl: str = "xla"
+  attention_impl: str = "xla"  # xla (blockwise, O(s)) | pallas | cudnn (GPU) | reference (dense)
   sharding: ShardingRules = ShardingRules()
 
   def __post_init__(self):
@@ -69,6 +69,9 @@ class ModelConfig:
     _choice("remat", self.remat, REMAT_NAMES)
     _choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     _choice("dtype", self.dtype, DTYPES)
+    if self.attention_impl == "cudnn" and self.dtype == "float32":
+      raise ValueError("model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 "
+                       "(cuDNN flash attention has no float32 kernel); use 'xla' or 'pallas'")
     _choice("param_dtype", self.param_dtype, DTYPES)
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim={self.head_dim} must be even (rotate-half RoPE)")

@@ -1,0 +1,159 @@
+"""Blockwise (flash-style) attention in plain XLA: the `impl="xla"` path of `flash_attention`.
+
+Same math and layouts as the Pallas kernel in `flash_attention.py`, written with `lax.map` over
+query blocks and `lax.fori_loop` over key blocks with an online softmax, so no [t, s] tensor
+exists in the forward or the backward pass: memory is O(s) plus one [block_q, block_k] tile per
+head. Causal loops stop at the diagonal block (dynamic trip counts are fine: the backward is
+hand-written, never derived by autodiff).
+
+Layouts: q_btkgh (k KV heads, each serving g query heads), k_bskh, v_bskv, segment ids [b, t],
+lse_bkgt (float32). Sequences are padded to whole blocks here; `tile_mask` removes the padding.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Finite, so that exp(MASK - MASK) stays a number on rows whose visited tiles are all masked.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def tile_mask(rows_q: jax.Array, cols_k: jax.Array, seg_q: jax.Array | None,
+              seg_k: jax.Array | None, *, causal: bool, seq_len: int) -> jax.Array:
+  """[bq, bk] (or [b, bq, bk] with [b, ·] segment ids): which (query, key) pairs may attend.
+
+  Shared by the Pallas kernels and the XLA path: both ends inside the sequence (tail padding),
+  key not after query (causal), same packed segment.
+  """
+  mask_qk = (rows_q < seq_len)[:, None] & (cols_k < seq_len)[None, :]
+  if causal:
+    mask_qk = mask_qk & (rows_q[:, None] >= cols_k[None, :])
+  if seg_q is None:
+    return mask_qk
+  same = seg_q[..., :, None] == seg_k[..., None, :]
+  if same.ndim == 3:
+    mask_qk = mask_qk[None]
+  return mask_qk & same
+
+
+def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, length - x.shape[axis])
+  return jnp.pad(x, pad)
+
+
+def _kv_bound(i, *, causal: bool, bq: int, bk: int, nk: int):
+  """Key blocks [0, bound) that query block i can see."""
+  return jnp.minimum(nk, ((i + 1) * bq + bk - 1) // bk) if causal else nk
+
+
+def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale: float,
+                      block_q: int, block_k: int):
+  """Returns o_btkgv (dtype of q) and lse_bkgt (float32)."""
+  b, t, kh, g, _ = q_btkgh.shape
+  bq, bk = min(block_q, t), min(block_k, t)
+  nq, nk = -(-t // bq), -(-t // bk)
+  q_pad = _pad_to(q_btkgh, nq * bq, 1)
+  k_pad, v_pad = _pad_to(k_bskh, nk * bk, 1), _pad_to(v_bskv, nk * bk, 1)
+  segq_pad = None if seg_bt is None else _pad_to(seg_bt, nq * bq, 1)
+  segk_pad = None if seg_bt is None else _pad_to(seg_bt, nk * bk, 1)
+  vd = v_bskv.shape[-1]
+
+  def q_block(i):
+    q_i = lax.dynamic_slice_in_dim(q_pad, i * bq, bq, axis=1)
+    rows = i * bq + jnp.arange(bq)
+    seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
+
+    def kv_step(j, carry):
+      acc_bkgqv, m_bkgq, l_bkgq = carry
+      k_j = lax.dynamic_slice_in_dim(k_pad, j * bk, bk, axis=1)
+      v_j = lax.dynamic_slice_in_dim(v_pad, j * bk, bk, axis=1)
+      seg_k = None if seg_bt is None else lax.dynamic_slice_in_dim(segk_pad, j * bk, bk, axis=1)
+      mask = tile_mask(rows, j * bk + jnp.arange(bk), seg_q, seg_k, causal=causal, seq_len=t)
+      mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+      s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
+                     preferred_element_type=jnp.float32) * sm_scale
+      s = jnp.where(mask, s, MASK_VALUE)
+      m_new = jnp.maximum(m_bkgq, s.max(-1))
+      alpha = jnp.exp(m_bkgq - m_new)
+      p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+      l_new = alpha * l_bkgq + p.sum(-1)
+      pv = jnp.einsum("bkgqs,bskv->bkgqv", p.astype(v_j.dtype), v_j,
+                      preferred_element_type=jnp.float32)
+      return acc_bkgqv * alpha[..., None] + pv, m_new, l_new
+
+    init = (jnp.zeros((b, kh, g, bq, vd), jnp.float32),
+            jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, bq), jnp.float32))
+    acc, m, l = lax.fori_loop(0, _kv_bound(i, causal=causal, bq=bq, bk=bk, nk=nk), kv_step, init)
+    l = jnp.where(l == 0.0, 1.0, l)  # only fully masked (padding) rows
+    return (acc / l[..., None]).astype(q_btkgh.dtype), m + jnp.log(l)
+
+  o_nbkgqv, lse_nbkgq = lax.map(q_block, jnp.arange(nq))
+  o_btkgv = jnp.transpose(o_nbkgqv, (1, 0, 4, 2, 3, 5)).reshape(b, nq * bq, kh, g, vd)[:, :t]
+  lse_bkgt = jnp.transpose(lse_nbkgq, (1, 2, 3, 0, 4)).reshape(b, kh, g, nq * bq)[..., :t]
+  return o_btkgv, lse_bkgt
+
+
+def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delta_bkgt, *,
+                       causal: bool, sm_scale: float, block_q: int, block_k: int):
+  """dq, dk, dv from the saved lse; delta_bkgt = rowsum(o * do) - dlse.
+
+  One pass: key blocks outer, query blocks inner, so each probability tile is recomputed once;
+  dk/dv for the key block stay in the inner carry and dq accumulates in a float32 [b, t, ...]
+  buffer (O(s), updated in place).
+  """
+  b, t, kh, g, h = q_btkgh.shape
+  vd = v_bskv.shape[-1]
+  bq, bk = min(block_q, t), min(block_k, t)
+  nq, nk = -(-t // bq), -(-t // bk)
+  q_pad, do_pad = _pad_to(q_btkgh, nq * bq, 1), _pad_to(do_btkgv, nq * bq, 1)
+  lse_pad, delta_pad = _pad_to(lse_bkgt, nq * bq, 3), _pad_to(delta_bkgt, nq * bq, 3)
+  k_pad, v_pad = _pad_to(k_bskh, nk * bk, 1), _pad_to(v_bskv, nk * bk, 1)
+  segq_pad = None if seg_bt is None else _pad_to(seg_bt, nq * bq, 1)
+  segk_pad = None if seg_bt is None else _pad_to(seg_bt, nk * bk, 1)
+
+  def kv_block(j, carry):
+    dq_acc, dk_all, dv_all = carry
+    k_j = lax.dynamic_slice_in_dim(k_pad, j * bk, bk, axis=1)
+    v_j = lax.dynamic_slice_in_dim(v_pad, j * bk, bk, axis=1)
+    cols = j * bk + jnp.arange(bk)
+    seg_k = None if seg_bt is None else lax.dynamic_slice_in_dim(segk_pad, j * bk, bk, axis=1)
+
+    def q_step(i, inner):
+      dq_acc, dk_j, dv_j = inner
+      q_i = lax.dynamic_slice_in_dim(q_pad, i * bq, bq, axis=1)
+      do_i = lax.dynamic_slice_in_dim(do_pad, i * bq, bq, axis=1)
+      lse_i = lax.dynamic_slice_in_dim(lse_pad, i * bq, bq, axis=3)
+      delta_i = lax.dynamic_slice_in_dim(delta_pad, i * bq, bq, axis=3)
+      seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
+      mask = tile_mask(i * bq + jnp.arange(bq), cols, seg_q, seg_k, causal=causal, seq_len=t)
+      mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+      s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
+                     preferred_element_type=jnp.float32) * sm_scale
+      p = jnp.where(mask, jnp.exp(s - lse_i[..., None]), 0.0)
+      dv_j = dv_j + jnp.einsum("bkgqs,bqkgv->bskv", p.astype(do_i.dtype), do_i,
+                               preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bqkgv,bskv->bkgqs", do_i, v_j, preferred_element_type=jnp.float32)
+      ds = (p * (dp - delta_i[..., None])).astype(q_i.dtype)
+      dk_j = dk_j + jnp.einsum("bkgqs,bqkgh->bskh", ds, q_i, preferred_element_type=jnp.float32)
+      dq_i = jnp.einsum("bkgqs,bskh->bqkgh", ds, k_j, preferred_element_type=jnp.float32)
+      dq_acc = lax.dynamic_update_slice_in_dim(
+          dq_acc, lax.dynamic_slice_in_dim(dq_acc, i * bq, bq, axis=1) + dq_i, i * bq, axis=1)
+      return dq_acc, dk_j, dv_j
+
+    lo = (j * bk) // bq if causal else 0
+    inner = (dq_acc, jnp.zeros((b, bk, kh, h), jnp.float32), jnp.zeros((b, bk, kh, vd),
+                                                                       jnp.float32))
+    dq_acc, dk_j, dv_j = lax.fori_loop(lo, nq, q_step, inner)
+    dk_all = lax.dynamic_update_slice_in_dim(dk_all, (dk_j * sm_scale).astype(dk_all.dtype),
+                                             j * bk, axis=1)
+    dv_all = lax.dynamic_update_slice_in_dim(dv_all, dv_j.astype(dv_all.dtype), j * bk, axis=1)
+    return dq_acc, dk_all, dv_all
+
+  init = (jnp.zeros(q_pad.shape, jnp.float32), jnp.zeros(k_pad.shape, k_bskh.dtype),
+          jnp.zeros(v_pad.shape, v_bskv.dtype))
+  dq_acc, dk_pad, dv_pad = lax.fori_loop(0, nk, kv_block, init)
+  dq = (dq_acc[:, :t] * sm_scale).astype(q_btkgh.dtype)
+  return dq, dk_pad[:, :t], dv_pad[:, :t]
