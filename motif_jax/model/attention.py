@@ -38,10 +38,15 @@ def attention_mask(segment_ids_bt: jax.Array) -> jax.Array:
 def attend(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
            segment_ids_bt: jax.Array) -> jax.Array:
   """softmax(q k^T / sqrt(h) + mask) v with float32 logits and softmax; returns o_btkgv."""
+  return attend_masked(q_btkgh, k_bskh, v_bskv, attention_mask(segment_ids_bt))
+
+
+def attend_masked(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
+                  mask_bts: jax.Array) -> jax.Array:
+  """Dense attention under an explicit [b, t, s] mask (also the KV-cache decode path)."""
   scale = q_btkgh.shape[-1] ** -0.5
   logits_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
                             preferred_element_type=jnp.float32) * scale
-  mask_bts = attention_mask(segment_ids_bt)
   logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, jnp.finfo(jnp.float32).min)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1)
   o_btkgv = jnp.einsum("bkgts,bskv->btkgv", probs_bkgts.astype(v_bskv.dtype), v_bskv,
@@ -96,38 +101,34 @@ def diff_lambda(p: dict, lambda_init: jax.Array, dtype) -> jax.Array:
   return (lam1.astype(dtype) - lam2.astype(dtype) + lambda_init).astype(dtype)
 
 
-def _gqa_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
+def _gqa_core(q_btnh, k_bskh, v_bskh, attend_fn, p, layer, cfg):
   del p, layer
   b, t, n, h = q_btnh.shape
   k = cfg.num_kv_heads
-  attend_fn = ATTEND[cfg.attention_impl]
-  o_btkgh = attend_fn(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskh, segment_ids_bt)
+  o_btkgh = attend_fn(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskh)
   return o_btkgh.reshape(b, t, n, h)
 
 
-def _diff_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
+def _diff_core(q_btnh, k_bskh, v_bskh, attend_fn, p, layer, cfg):
   b, t, n, h = q_btnh.shape
   k = cfg.num_kv_heads
   v_half_bskv = jnp.concatenate([v_bskh[:, :, : k // 2], v_bskh[:, :, k // 2:]], axis=-1)
   v_bskv = jnp.concatenate([v_half_bskv, v_half_bskv], axis=2)
-  attend_fn = ATTEND[cfg.attention_impl]
-  o_btnv = attend_fn(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskv,
-                     segment_ids_bt).reshape(b, t, n, 2 * h)
+  o_btnv = attend_fn(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskv).reshape(b, t, n, 2 * h)
   lam = diff_lambda(p, cfg.lambda_init(layer), o_btnv.dtype)
   o_btnv = o_btnv[:, :, : n // 2] - lam * o_btnv[:, :, n // 2:]
   return layers.rms_norm(o_btnv, None, cfg.attn_rms_norm_eps) * (1 - cfg.lambda_init(layer))
 
 
-def _gda_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
+def _gda_core(q_btnh, k_bskh, v_bskh, attend_fn, p, layer, cfg):
   b, t, _, h = q_btnh.shape
   g, r = cfg.num_groups, cfg.gda_ratio
   q_btgrh = q_btnh.reshape(b, t, g, r + 1, h)  # stripe: r signal heads, then 1 noise head
   k_bsg2h = k_bskh.reshape(b, -1, g, 2, h)  # interleaved: even K1, odd K2
   v_bsg2h = v_bskh.reshape(b, -1, g, 2, h)
   v_bsgv = jnp.concatenate([v_bsg2h[:, :, :, 0], v_bsg2h[:, :, :, 1]], axis=-1)  # V1 ‖ V2
-  attend_fn = ATTEND[cfg.attention_impl]
-  signal_btgrv = attend_fn(q_btgrh[:, :, :, :r], k_bsg2h[:, :, :, 0], v_bsgv, segment_ids_bt)
-  noise_btg1v = attend_fn(q_btgrh[:, :, :, r:], k_bsg2h[:, :, :, 1], v_bsgv, segment_ids_bt)
+  signal_btgrv = attend_fn(q_btgrh[:, :, :, :r], k_bsg2h[:, :, :, 0], v_bsgv)
+  noise_btg1v = attend_fn(q_btgrh[:, :, :, r:], k_bsg2h[:, :, :, 1], v_bsgv)
   lam = diff_lambda(p, cfg.lambda_init(layer), signal_btgrv.dtype)
   o_btgrv = signal_btgrv - lam * noise_btg1v  # each noise head serves its group's r heads
   o_btgrv = layers.rms_norm(o_btgrv, p["subln"], cfg.attn_rms_norm_eps)
@@ -138,9 +139,9 @@ def _gda_core(q_btnh, k_bskh, v_bskh, segment_ids_bt, p, layer, cfg):
 _CORES = {"gqa": _gqa_core, "diff": _diff_core, "gda": _gda_core}
 
 
-def attention(x_btd: jax.Array, p: dict, layer: jax.Array, cos_bth: jax.Array,
-              sin_bth: jax.Array, segment_ids_bt: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """One attention sub-layer: projections, RoPE, the configured core, output projection."""
+def project_qkv(x_btd: jax.Array, p: dict, cos_bth: jax.Array, sin_bth: jax.Array,
+                cfg: ModelConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """q_btnh, k_btkh (both rotated) and v_btkh in the compute dtype."""
   dtype = jnp.dtype(cfg.dtype)
   rules = cfg.sharding
   q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, p["wq"].astype(dtype))
@@ -159,10 +160,46 @@ def attention(x_btd: jax.Array, p: dict, layer: jax.Array, cos_bth: jax.Array,
                            "key_proj")
   v_btkh = checkpoint_name(shd.constrain(v_btkh, ("batch", "seq", "kv_heads", "head_dim"), rules),
                            "value_proj")
-  o_btnv = _CORES[cfg.attention](q_btnh, k_btkh, v_btkh, segment_ids_bt, p, layer, cfg)
-  o_btnv = checkpoint_name(shd.constrain(o_btnv, ("batch", "seq", "heads", "head_dim"), rules),
-                           "attn_out")
-  out_btd = jnp.einsum("btnv,nvd->btd", o_btnv, p["wo"].astype(dtype))
+  return q_btnh, k_btkh, v_btkh
+
+
+def _output(o_btnv: jax.Array, p: dict, cfg: ModelConfig) -> jax.Array:
+  o_btnv = checkpoint_name(shd.constrain(o_btnv, ("batch", "seq", "heads", "head_dim"),
+                                         cfg.sharding), "attn_out")
+  out_btd = jnp.einsum("btnv,nvd->btd", o_btnv, p["wo"].astype(cfg.dtype))
   if cfg.o_bias:
-    out_btd = out_btd + p["bo"].astype(dtype)[None, None]
+    out_btd = out_btd + p["bo"].astype(cfg.dtype)[None, None]
   return out_btd
+
+
+def attention(x_btd: jax.Array, p: dict, layer: jax.Array, cos_bth: jax.Array,
+              sin_bth: jax.Array, segment_ids_bt: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """One attention sub-layer: projections, RoPE, the configured core, output projection."""
+  q_btnh, k_btkh, v_btkh = project_qkv(x_btd, p, cos_bth, sin_bth, cfg)
+  attend_fn = functools.partial(_with_segments, ATTEND[cfg.attention_impl],
+                                segment_ids_bt=segment_ids_bt)
+  o_btnv = _CORES[cfg.attention](q_btnh, k_btkh, v_btkh, attend_fn, p, layer, cfg)
+  return _output(o_btnv, p, cfg)
+
+
+def _with_segments(attend_fn, q_btkgh, k_bskh, v_bskv, *, segment_ids_bt):
+  return attend_fn(q_btkgh, k_bskh, v_bskv, segment_ids_bt)
+
+
+def attention_step(x_b1d: jax.Array, p: dict, layer: jax.Array, cos_b1h: jax.Array,
+                   sin_b1h: jax.Array, k_cache_bskh: jax.Array, v_cache_bskh: jax.Array,
+                   pos: jax.Array, valid_b1s: jax.Array, cfg: ModelConfig
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Decode one token at `pos`: write its K/V into the cache, attend to the `valid` slots."""
+  q_b1nh, k_b1kh, v_b1kh = project_qkv(x_b1d, p, cos_b1h, sin_b1h, cfg)
+  k_cache_bskh = jax.lax.dynamic_update_slice_in_dim(k_cache_bskh, k_b1kh.astype(
+      k_cache_bskh.dtype), pos, axis=1)
+  v_cache_bskh = jax.lax.dynamic_update_slice_in_dim(v_cache_bskh, v_b1kh.astype(
+      v_cache_bskh.dtype), pos, axis=1)
+  attend_fn = functools.partial(_masked, mask_bts=valid_b1s)
+  o_b1nv = _CORES[cfg.attention](q_b1nh, k_cache_bskh, v_cache_bskh, attend_fn, p, layer, cfg)
+  return _output(o_b1nv, p, cfg), k_cache_bskh, v_cache_bskh
+
+
+def _masked(q_btkgh, k_bskh, v_bskv, *, mask_bts):
+  return attend_masked(q_btkgh, k_bskh, v_bskv, mask_bts)
