@@ -31,6 +31,8 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
   try:
     mesh_shape = shd.parse_mesh(_MESH.value or ",".join(f"{k}={v}" for k, v in config.mesh.items()))
+    if -1 in mesh_shape.values():
+      raise ValueError("describe needs explicit mesh sizes (no -1)")
     validate_sharding(cfg, mesh_shape)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None

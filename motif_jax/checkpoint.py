@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,21 @@ def save_params(directory: str | Path, cfg: ModelConfig, params: Any) -> Path:
   return directory
 
 
+def replace_params(directory: str | Path, cfg: ModelConfig, params: Any) -> Path:
+  """`save_params` into a fresh sibling directory, then swap it in place of `directory`."""
+  directory = Path(directory).absolute()
+  staging = directory.with_name(directory.name + ".staging")
+  shutil.rmtree(staging, ignore_errors=True)
+  save_params(staging, cfg, params)
+  old = directory.with_name(directory.name + ".old")
+  shutil.rmtree(old, ignore_errors=True)
+  if directory.exists():
+    os.replace(directory, old)
+  os.replace(staging, directory)
+  shutil.rmtree(old, ignore_errors=True)
+  return directory
+
+
 def restore_params(directory: str | Path, *, mesh: Mesh | None = None) -> tuple[ModelConfig, Any]:
   """`(cfg, params)` from `save_params`, placed as `param_shardings(cfg, mesh)` (one device if
   `mesh` is None)."""
@@ -62,3 +78,52 @@ def restore_params(directory: str | Path, *, mesh: Mesh | None = None) -> tuple[
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(directory / PARAMS_DIR, target)
   return cfg, params
+
+
+# ---- Training checkpoints: state + data iterator state under one step ------------------------
+
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+
+
+class TrainCheckpointer:
+  """Orbax CheckpointManager for a workdir: TrainState (async) and the data iterator state
+  (JSON) saved under one step, keep-N, resume from the latest complete step.
+
+  Orbax writes each step into a temporary directory and renames it only when every item is
+  written, so a crash or kill during a save leaves the previous step as the latest loadable one.
+  """
+
+  def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True):
+    if keep < 1:
+      raise ValueError(f"ckpt.keep={keep} must be >= 1")
+    self.directory = Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=(STATE_ITEM, DATA_ITEM))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict) -> None:
+    """Start saving (returns once arrays are copied off the devices when async)."""
+    self._manager.save(step, args=ocp.args.Composite(
+        **{STATE_ITEM: ocp.args.StandardSave(state), DATA_ITEM: ocp.args.JsonSave(data_state)}))
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """(state, data_state); `abstract_state` holds ShapeDtypeStructs with the target shardings,
+    so a checkpoint saved on one mesh restores onto another."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}))
+    return restored[STATE_ITEM], restored[DATA_ITEM]
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

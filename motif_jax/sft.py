@@ -82,7 +82,7 @@ def sft_step(state: TrainState, batch: dict, *, cfg: SFTConfig,
   denom = jnp.maximum(tokens, 1.0)
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grad_sum, state.params)
   loss = loss_sum / denom
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -110,23 +110,36 @@ def parse_mesh(text: str) -> dict[str, int]:
     name, sep, value = item.partition("=")
     if not sep or name not in MESH_AXES:
       raise ValueError(f"--mesh item {item!r}: expected AXIS=N with AXIS in {MESH_AXES}")
-    if not value.isdigit() or int(value) < 1:
-      raise ValueError(f"--mesh item {item!r}: size must be a positive integer")
+    if not (value.isdigit() and int(value) >= 1) and value != "-1":
+      raise ValueError(f"--mesh item {item!r}: size must be a positive integer or -1 (the rest)")
     shape[name] = int(value)
   return shape
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 4-axis mesh (`MESH_AXES` order) with Auto axis types (jit + sharding-constraint style)."""
+  """A 4-axis mesh (`MESH_AXES` order) with Auto axis types (jit + sharding-constraint style).
+
+  One axis may be -1: it takes all remaining devices. A single process may build a mesh over
+  the first devices only (e.g. a 1-device run on a host with 8); several processes must use all.
+  """
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"unknown mesh axes {sorted(unknown)}; mesh axes are {MESH_AXES}")
-  sizes = tuple(int(shape.get(axis, 1)) for axis in MESH_AXES)
+  sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
   devices = list(jax.devices() if devices is None else devices)
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh {dict(shape)}: sizes must be positive, with at most one -1")
+  if -1 in sizes:
+    rest = int(np.prod([s for s in sizes if s != -1]))
+    if len(devices) % rest:
+      raise ValueError(f"mesh {dict(shape)}: {len(devices)} devices do not divide by {rest}")
+    sizes[sizes.index(-1)] = len(devices) // rest
+  sizes = tuple(sizes)
   needed = int(np.prod(sizes))
-  if needed != len(devices):
+  if needed > len(devices) or (needed < len(devices) and jax.process_count() > 1):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {needed} devices, "
                      f"{len(devices)} are available")
+  devices = devices[:needed]
   return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
 

@@ -33,6 +33,7 @@ def test_unknown_names_are_rejected():
     shd.parse_mesh("fsdp=8,model=2")
   with pytest.raises(ValueError, match="positive integer"):
     shd.parse_mesh("fsdp=0")
+  assert shd.parse_mesh("fsdp=-1")["fsdp"] == -1
 
 
 def test_activation_rules_keep_batch_axes_off_other_dims():
@@ -48,6 +49,8 @@ def test_parse_and_make_mesh():
   assert mesh.axis_names == shd.MESH_AXES and mesh.devices.shape == (1, 2, 4, 1)
   with pytest.raises(ValueError, match="needs 16 devices, 8 are available"):
     shd.make_mesh(dict(fsdp=16))
+  assert shd.make_mesh(dict(data=2, fsdp=-1)).devices.shape == (2, 4, 1, 1)  # -1: the rest
+  assert shd.make_mesh(dict(tensor=2)).devices.size == 2  # a subset of one process's devices
 
 
 @pytest.mark.parametrize("config", [motif2_12b.get_config(), tiny.get_config(),

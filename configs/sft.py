@@ -1,0 +1,75 @@
+"""SFT of the tiny Motif-architecture model on the aligned toy corpus: a two-stage curriculum.
+
+  python -m experiments.sft --config=configs/sft.py:stage1 --workdir=/tmp/sft1
+  python -m experiments.sft --config=configs/sft.py:stage2 --workdir=/tmp/sft2 \
+      --config.train.init_from=/tmp/sft1
+
+Stage 1 trains at short context (512-token rows); stage 2 starts from stage 1's final params with
+a fresh optimizer and its own schedule at long context (2048-token rows, lower peak LR).
+`smoke` runs a few steps in seconds (tests); `motif` switches the model to Motif-2-12.7B
+(configs/motif2_12b.py numbers, bf16 compute, full remat) for GPU hosts.
+
+Variants: stage1 (default), stage2, smoke, motif, steps=N, muon.
+"""
+
+import ml_collections
+
+from configs import common, motif2_12b, tiny
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, stage1=False, stage2=False, smoke=False, motif=False, steps=0,
+                          muon=False)
+  config = ml_collections.ConfigDict()
+  config.model = (motif2_12b if args.motif else tiny).get_config("smoke" if args.smoke else None).model
+  config.mesh = common.mesh()
+  batch_size = ml_collections.FieldReference(16)
+  seq_len = ml_collections.FieldReference(2048 if args.stage2 else 512)
+  num_steps = ml_collections.FieldReference(args.steps or (150 if args.stage2 else 300))
+
+  config.data = common.data()
+  config.data.inputs = "toy:aligned"  # the target-style teacher, verified and filtered
+  config.data.global_batch_size = batch_size
+  config.data.seq_len = seq_len
+  config.model.max_seq_len = seq_len
+
+  config.optim = ml_collections.ConfigDict(dict(
+      name="muon" if args.muon else "adamw",  # adamw | muon
+      learning_rate=1e-4 if args.stage2 else 3e-3,  # peak
+      warmup_steps=10,
+      decay_steps=num_steps,  # cosine over the whole run
+      final_lr_ratio=0.1,
+      weight_decay=0.01,  # matmul weights and embeddings
+      b1=0.9, b2=0.95, eps=1e-8,
+      grad_clip_norm=1.0,  # global norm; 0 = off
+      muon_beta=0.95,
+      muon_adam_lr_ratio=1.0,
+  ))
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=num_steps,
+      batch_size=batch_size,  # global rows per step
+      num_microbatches=1,  # gradient accumulation
+      seed=0,
+      log_every=10,  # steps
+      eval_every=0,  # steps; 0 = at the end only
+      eval_problems=2,  # held-out problems per domain and difficulty (greedy accuracy)
+      max_new_tokens=448,  # generation budget per held-out problem
+      max_bad_steps=10,  # consecutive non-finite steps before stopping
+      loss_impl="xla",  # fused cross-entropy: xla | pallas | reference
+      z_loss=0.0,
+      init_from="",  # "" = fresh init; a stage-1 workdir for stage 2
+  ))
+  config.ckpt = ml_collections.ConfigDict(dict(
+      every=100,  # steps
+      keep=3,
+      async_save=True,
+  ))
+  if args.smoke:
+    config.data.toy.update(dict(problems=40, reference_size=20, heldout_per_difficulty=2,
+                                max_steps=4))
+    batch_size.set(4)
+    seq_len.set(256)
+    num_steps.set(args.steps or 4)
+    config.train.update(dict(log_every=1, eval_problems=1, max_new_tokens=8))
+    config.ckpt.every = 2
+  return config

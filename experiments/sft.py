@@ -1,0 +1,34 @@
+"""Supervised fine-tuning (one stage of the curriculum); resumes from the workdir's checkpoints.
+
+  python -m experiments.sft --config=configs/sft.py:stage1 --workdir=/tmp/sft1
+  python -m experiments.sft --config=configs/sft.py:stage2 --workdir=/tmp/sft2 \
+      --config.train.init_from=/tmp/sft1
+  python -m experiments.sft --config=configs/sft.py:smoke --workdir=/tmp/sft_smoke
+
+The workdir receives config.json, checkpoints/, metrics.jsonl, tensorboard/ and final/ (params).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from motif_jax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+
+
+def main(argv):
+  del argv
+  try:
+    summary = trainer.train(_CONFIG.value, _WORKDIR.value)
+  except ValueError as e:  # config errors name the field
+    raise SystemExit(f"error: {e}") from None
+  print(f"done: step {summary['step']}, {summary['tokens_per_s']:,.0f} training tokens/s, "
+        f"outputs in {_WORKDIR.value}")
+  for name, value in sorted(summary["eval"].items()):
+    print(f"  {name}: {value:.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
