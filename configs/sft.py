@@ -9,7 +9,10 @@ a fresh optimizer and its own schedule at long context (2048-token rows, lower p
 `smoke` runs a few steps in seconds (tests); `motif` switches the model to Motif-2-12.7B
 (configs/motif2_12b.py numbers, bf16 compute, full remat) for GPU hosts.
 
-Variants: stage1 (default), stage2, smoke, motif, steps=N, muon.
+`quickstart` is what `make quickstart` trains: the 2-layer tiny model (0.89M parameters) on
+difficulty 2-4 problems with 256-token rows, sized to finish in a few minutes on 2 CPU cores.
+
+Variants: stage1 (default), stage2, smoke, quickstart, motif, steps=N, muon.
 """
 
 import ml_collections
@@ -18,10 +21,11 @@ from configs import common, motif2_12b, tiny
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, stage1=False, stage2=False, smoke=False, motif=False, steps=0,
-                          muon=False)
+  args = common.parse_arg(arg, stage1=False, stage2=False, smoke=False, quickstart=False,
+                          motif=False, steps=0, muon=False)
   config = ml_collections.ConfigDict()
-  config.model = (motif2_12b if args.motif else tiny).get_config("smoke" if args.smoke else None).model
+  small = args.smoke or args.quickstart
+  config.model = (motif2_12b if args.motif else tiny).get_config("smoke" if small else None).model
   config.mesh = common.mesh()
   batch_size = ml_collections.FieldReference(16)
   seq_len = ml_collections.FieldReference(2048 if args.stage2 else 512)
@@ -64,6 +68,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       keep=3,
       async_save=True,
   ))
+  if args.quickstart:
+    config.data.toy.update(dict(max_steps=4, heldout_per_difficulty=4))
+    seq_len.set(256)
+    num_steps.set(args.steps or 200)
+    config.train.update(dict(log_every=10, eval_problems=4, max_new_tokens=160))
+    config.ckpt.every = 100
   if args.smoke:
     config.data.toy.update(dict(problems=40, reference_size=20, heldout_per_difficulty=2,
                                 max_steps=4))

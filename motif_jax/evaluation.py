@@ -1,9 +1,9 @@
 """Held-out evaluation during SFT: token loss on held-out traces and greedy-decoding accuracy.
 
-For the toy corpus the held-out problems (no prompt shared with training) are rendered in the
-target style for the loss, and answered by greedy decoding for accuracy, per domain and
-difficulty. Other inputs get no held-out set unless they are toy inputs (a held-out file for
-own data is future work).
+The held-out set is the toy task's (`data.toy`: problems that share no prompt with the toy
+training corpus), `train.eval_problems` per domain and difficulty: rendered in the target style
+for the loss, answered by greedy decoding for accuracy. Set `train.eval_problems=0` for data that
+is not the toy task (a held-out file for own data is future work).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from motif_jax.sft import SFTConfig, sft_loss
 
 
 def heldout_problems(data: DataConfig, per_difficulty: int) -> list[toy_corpus.Problem]:
-  if not any(spec.split(":")[0] == "toy" for spec in data.inputs) or per_difficulty == 0:
+  if per_difficulty == 0:
     return []
   counts: collections.Counter = collections.Counter()
   chosen = []

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import flash_attention as fa
 from pallas_kernels import fused_cross_entropy as fce
 
 CE_SHAPES = dict(d_model=4096, vocab=219_520, tokens=(8192, 65_536), dtype="bfloat16")
@@ -38,12 +39,8 @@ def temp_bytes(fn: Callable, specs: tuple) -> int:
 
 def _ce_grad_fn(impl: str) -> Callable:
   def loss(h_td, w_dv, labels_t):
-    return fused_cross_entropy_sum(h_td, w_dv, labels_t, impl)
+    return fce.fused_cross_entropy(h_td, w_dv, labels_t, impl=impl)[0].sum()
   return jax.grad(loss, argnums=(0, 1))
-
-
-def fused_cross_entropy_sum(h_td, w_dv, labels_t, impl):
-  return fce.fused_cross_entropy(h_td, w_dv, labels_t, impl=impl)[0].sum()
 
 
 def cross_entropy_temp_bytes(impl: str, tokens: int, d_model: int, vocab: int, dtype: str) -> int:
@@ -62,16 +59,59 @@ def cross_entropy_seconds(impl: str, tokens: int, d_model: int, vocab: int, dtyp
   return median_seconds(jax.jit(_ce_grad_fn(impl)), args, repeats)
 
 
-def bench_cross_entropy(impls: tuple[str, ...], repeats: int, log: Callable = print) -> dict:
+# ---- Attention: Motif's GDA core, 40 query heads (8 groups x (4 signal + 1 noise)) on 16 KV
+# heads, head dim 128, dual-V width 256: one signal call (g=4) and one noise call (g=1). -------
+
+ATTN_SHAPES = dict(groups=8, ratio=4, head_dim=128, seq=(32_768, 65_536), dtype="bfloat16")
+ATTN_SMALL = dict(groups=2, ratio=4, head_dim=32, seq=1024, dtype="float32")
+
+
+def _gda_attention_grad_fn(impl: str) -> Callable:
+  def loss(q_btgrh, k_btgph, v_btgph, segment_ids_bt):
+    r = q_btgrh.shape[3] - 1
+    v_btgv = jnp.concatenate([v_btgph[:, :, :, 0], v_btgph[:, :, :, 1]], axis=-1)
+    outs = []
+    for q, k in ((q_btgrh[:, :, :, :r], k_btgph[:, :, :, 0]),
+                 (q_btgrh[:, :, :, r:], k_btgph[:, :, :, 1])):
+      if impl == "reference":
+        o, _ = fa.flash_attention_reference(q, k, v_btgv, segment_ids_bt)
+      else:
+        o, _ = fa.flash_attention(q, k, v_btgv, segment_ids_bt, impl=impl)
+      outs.append(jnp.sum(o.astype(jnp.float32)))
+    return outs[0] - 0.5 * outs[1]
+  return jax.grad(loss, argnums=(0, 1, 2))
+
+
+def _attention_specs(groups, ratio, head_dim, seq, dtype):
+  sds = jax.ShapeDtypeStruct
+  return (sds((1, seq, groups, ratio + 1, head_dim), dtype),
+          sds((1, seq, groups, 2, head_dim), dtype), sds((1, seq, groups, 2, head_dim), dtype),
+          sds((1, seq), jnp.int32))
+
+
+def attention_temp_bytes(impl: str, seq: int, **shape) -> int:
+  return temp_bytes(_gda_attention_grad_fn(impl), _attention_specs(seq=seq, **shape))
+
+
+def attention_seconds(impl: str, repeats: int, **shape) -> float:
+  specs = _attention_specs(**shape)
+  keys = jax.random.split(jax.random.key(1), 3)
+  args = [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, specs[:3])]
+  seq = shape["seq"]
+  args.append(jnp.repeat(jnp.arange(1, 5, dtype=jnp.int32), seq // 4)[None])  # 4 packed segments
+  return median_seconds(jax.jit(_gda_attention_grad_fn(impl)), tuple(args), repeats)
+
+
+def bench_attention(impls: tuple[str, ...], repeats: int, log: Callable = print) -> dict:
   results = {}
   for impl in impls:
     row = {}
-    for tokens in CE_SHAPES["tokens"]:
-      shape = dict(CE_SHAPES, tokens=tokens)
-      row[f"temp_bytes_T{tokens}"] = cross_entropy_temp_bytes(impl, **shape)
-      log(f"cross_entropy {impl:<10} T={tokens:<6} temp {row[f'temp_bytes_T{tokens}'] / 2**30:8.3f} GiB")
-    row["seconds_small"] = cross_entropy_seconds(impl, **CE_SMALL,
-                                                 repeats=1 if impl == "pallas" else repeats)
-    log(f"cross_entropy {impl:<10} small shape {row['seconds_small']:.3f} s")
+    for seq in ATTN_SHAPES["seq"]:
+      shape = {k: v for k, v in ATTN_SHAPES.items() if k != "seq"}
+      row[f"temp_bytes_S{seq}"] = attention_temp_bytes(impl, seq, **shape)
+      log(f"attention     {impl:<10} S={seq:<6} temp {row[f'temp_bytes_S{seq}'] / 2**30:8.3f} GiB")
+    row["seconds_small"] = attention_seconds(impl, 1 if impl == "pallas" else repeats,
+                                             **ATTN_SMALL)
+    log(f"attention     {impl:<10} small shape {row['seconds_small']:.3f} s")
     results[impl] = row
   return results
