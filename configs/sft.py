@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.toy.update(dict(max_steps=4, heldout_per_difficulty=4))
     seq_len.set(256)
     num_steps.set(args.steps or 200)
-    config.train.update(dict(log_every=10, eval_problems=4, max_new_tokens=160))
+    config.train.update(dict(log_every=10, eval_problems=4, max_new_tokens=256))
     config.ckpt.every = 100
   if args.smoke:
     config.data.toy.update(dict(problems=40, reference_size=20, heldout_per_difficulty=2,

@@ -23,12 +23,14 @@ from motif_jax.data.config import DataConfig
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/motif_quickstart", "Output directory.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0 = the config's 200).")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny corpus and a few steps (seconds; for tests).")
 
 
 def main(argv):
   del argv
   start = time.perf_counter()
-  config = sft_config.get_config(f"quickstart,steps={_STEPS.value}")
+  config = sft_config.get_config(f"{'smoke' if _SMOKE.value else 'quickstart'},"
+                                 f"steps={_STEPS.value}")
   data_dir = os.path.join(_WORKDIR.value, "data")
   os.makedirs(data_dir, exist_ok=True)
 

@@ -88,14 +88,18 @@ class Evaluator:
     outputs = generate.generate(params, prompts, self.model, max_new_tokens=self.max_new_tokens,
                                 stop_ids=stop)
     correct: dict[str, list[bool]] = collections.defaultdict(list)
+    well_formed = []
     for problem, ids in zip(self.problems, outputs):
       text = template.think_open + self.tokenizer.decode(ids)
       trace = traces.split_trace(text, template, self.data.trace)
+      well_formed.append(trace.think_closed and trace.answer is not None)
       ok = trace.answer is not None and trace.answer.strip() == problem.answer
       correct[f"{problem.domain}/d{problem.difficulty}"].append(ok)
       correct["all"].append(ok)
-    return {f"eval/accuracy/{k}" if k != "all" else "eval/accuracy": float(np.mean(v))
-            for k, v in correct.items()}
+    out = {f"eval/accuracy/{k}" if k != "all" else "eval/accuracy": float(np.mean(v))
+           for k, v in correct.items()}
+    out["eval/format_ok"] = float(np.mean(well_formed))  # closed think block + boxed answer
+    return out
 
   def evaluate(self, params, *, log: Callable[[str], None] = print) -> dict[str, float]:
     if self.rows is None:
@@ -103,7 +107,8 @@ class Evaluator:
     out = {"eval/loss": self.heldout_loss(params)}
     out.update(self.accuracy(params))
     log(f"eval: held-out loss {out['eval/loss']:.4f}, greedy accuracy "
-        f"{out['eval/accuracy']:.3f} on {len(self.problems)} problems")
+        f"{out['eval/accuracy']:.3f} and well-formed answers {out['eval/format_ok']:.3f} on "
+        f"{len(self.problems)} problems")
     return out
 
 

@@ -23,6 +23,15 @@ CE_SHAPES = dict(d_model=4096, vocab=219_520, tokens=(8192, 65_536), dtype="bflo
 CE_SMALL = dict(tokens=2048, d_model=512, vocab=32_768, dtype="float32")
 
 
+def _interpreted(impl: str) -> bool:
+  """Pallas off a GPU runs the interpreter: its wall time says nothing about the kernel."""
+  return impl == "pallas" and jax.default_backend() != "gpu"
+
+
+def _seconds_text(seconds: float | None) -> str:
+  return "not timed (Pallas interpreter)" if seconds is None else f"{seconds:.3f} s"
+
+
 def median_seconds(fn: Callable, args: tuple, repeats: int) -> float:
   jax.block_until_ready(fn(*args))  # compile + warm-up
   times = []
@@ -57,6 +66,21 @@ def cross_entropy_seconds(impl: str, tokens: int, d_model: int, vocab: int, dtyp
           (0.05 * jax.random.normal(k_w, (d_model, vocab))).astype(dtype),
           jax.random.randint(k_l, (tokens,), 0, vocab))
   return median_seconds(jax.jit(_ce_grad_fn(impl)), args, repeats)
+
+
+def bench_cross_entropy(impls: tuple[str, ...], repeats: int, log: Callable = print) -> dict:
+  results = {}
+  for impl in impls:
+    row = {}
+    for tokens in CE_SHAPES["tokens"]:
+      shape = dict(CE_SHAPES, tokens=tokens)
+      row[f"temp_bytes_T{tokens}"] = cross_entropy_temp_bytes(impl, **shape)
+      log(f"cross_entropy {impl:<10} T={tokens:<6} temp {row[f'temp_bytes_T{tokens}'] / 2**30:8.3f} GiB")
+    row["seconds_small"] = (None if _interpreted(impl) else
+                            cross_entropy_seconds(impl, **CE_SMALL, repeats=repeats))
+    log(f"cross_entropy {impl:<10} small shape {_seconds_text(row['seconds_small'])}")
+    results[impl] = row
+  return results
 
 
 # ---- Attention: Motif's GDA core, 40 query heads (8 groups x (4 signal + 1 noise)) on 16 KV
@@ -110,8 +134,8 @@ def bench_attention(impls: tuple[str, ...], repeats: int, log: Callable = print)
       shape = {k: v for k, v in ATTN_SHAPES.items() if k != "seq"}
       row[f"temp_bytes_S{seq}"] = attention_temp_bytes(impl, seq, **shape)
       log(f"attention     {impl:<10} S={seq:<6} temp {row[f'temp_bytes_S{seq}'] / 2**30:8.3f} GiB")
-    row["seconds_small"] = attention_seconds(impl, 1 if impl == "pallas" else repeats,
-                                             **ATTN_SMALL)
-    log(f"attention     {impl:<10} small shape {row['seconds_small']:.3f} s")
+    row["seconds_small"] = (None if _interpreted(impl) else
+                            attention_seconds(impl, repeats, **ATTN_SMALL))
+    log(f"attention     {impl:<10} small shape {_seconds_text(row['seconds_small'])}")
     results[impl] = row
   return results

@@ -116,3 +116,21 @@ def test_config_errors_name_the_field(tmp_path):
   config = smoke_config(2, init_from=str(tmp_path / "missing"))
   with pytest.raises(ValueError, match=r"train\.init_from=.*no params there"):
     trainer.train(config, str(tmp_path / "c"))
+
+
+def test_resume_onto_a_different_mesh(straight_run, tmp_path):
+  """Checkpoints saved on one device restore onto an (fsdp=2, tensor=2) mesh and training goes
+  on; the losses follow the single-device run up to float32 reduction order."""
+  straight_dir, _ = straight_run
+  workdir = tmp_path / "remesh"
+  trainer.train(smoke_config(2), str(workdir), log=lambda _: None)
+  config = smoke_config(4)
+  config.mesh.fsdp, config.mesh.tensor = 2, 2
+  logs = []
+  summary = trainer.train(config, str(workdir), log=logs.append)
+  assert summary["start_step"] == 2 and summary["step"] == 4
+  assert any("resumed from step 2" in line for line in logs)
+  wq = summary["params"]["layers"]["attn"]["wq"]
+  assert len(wq.sharding.device_set) == 4
+  straight, resumed = _losses(straight_dir), _losses(workdir)
+  np.testing.assert_allclose([resumed[3], resumed[4]], [straight[3], straight[4]], rtol=1e-4)
