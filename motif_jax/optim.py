@@ -16,6 +16,8 @@ import jax
 import optax
 from optax.contrib import MuonDimensionNumbers
 
+from motif_jax import typed_config
+
 OPTIMIZERS = ("adamw", "muon")
 
 # Stacked weight layouts [L, in..., out...]: reduction (input) and output axes for Muon.
@@ -60,12 +62,7 @@ class OptimConfig:
 
   @classmethod
   def from_config_dict(cls, config: Mapping[str, Any]) -> "OptimConfig":
-    values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown optim config fields: {', '.join('optim.' + u for u in unknown)}")
-    return cls(**values)
+    return typed_config.build(cls, config, "optim")
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:

@@ -403,7 +403,7 @@ def _forward_stats(h_td, w_dv, labels_t, fwd_chunk, chunk_t):
 
 
 def _backward(h_td, w_dv, labels_t, coef, dh_chunk, dw_chunk, chunk_t, chunk_v):
-  (tokens, d_model), vocab = h_td.shape, w_dv.shape[1]
+  tokens, vocab = h_td.shape[0], w_dv.shape[1]
   ct, cv = min(chunk_t, tokens), min(chunk_v, vocab)
 
   def dh_step(i, dh_td):  # rows of overlapping chunks are recomputed identically

@@ -1,6 +1,5 @@
 """sft_step: full-batch-exact gradient accumulation, non-finite skipping, optimizers."""
 
-import dataclasses
 import functools
 
 import jax
@@ -141,5 +140,5 @@ def test_optim_config_errors_name_the_field():
     optim.OptimConfig(name="sgd")
   with pytest.raises(ValueError, match=r"optim\.learning_rate=0"):
     optim.OptimConfig(learning_rate=0)
-  with pytest.raises(ValueError, match=r"unknown optim config fields: optim\.lr"):
+  with pytest.raises(ValueError, match=r"unknown config fields: optim\.lr"):
     optim.OptimConfig.from_config_dict({"lr": 1.0})

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import typing
 from collections.abc import Mapping
 from typing import Any
 
+from motif_jax import typed_config
 from motif_jax.data.template import ChatTemplate
 
 VERIFY_METHODS = ("exact", "math_verify", "tests")
@@ -214,28 +214,4 @@ class DataConfig:
   @classmethod
   def from_config_dict(cls, config: Mapping[str, Any]) -> "DataConfig":
     """Build from `config.data` (a ConfigDict or dict); unknown or missing fields raise."""
-    return _build(cls, config, "data")
-
-
-def _build(cls: type, config: Mapping[str, Any], path: str) -> Any:
-  """Recursively build dataclass `cls` from a mapping, naming `path.<field>` in errors."""
-  values = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-  hints = typing.get_type_hints(cls)
-  known = [f.name for f in dataclasses.fields(cls)]
-  unknown = sorted(set(values) - set(known))
-  if unknown:
-    raise ValueError(f"unknown config fields: {', '.join(f'{path}.{u}' for u in unknown)}")
-  missing = [k for k in known if k not in values]
-  if missing:
-    raise ValueError(f"missing config fields: {', '.join(f'{path}.{m}' for m in missing)}")
-  kwargs = {}
-  for name in known:
-    value = values[name]
-    if dataclasses.is_dataclass(hints[name]):
-      if not isinstance(value, Mapping) and not hasattr(value, "to_dict"):
-        raise ValueError(f"{path}.{name} must be a mapping, got {value!r}")
-      value = _build(hints[name], value, f"{path}.{name}")
-    elif isinstance(value, list):
-      value = tuple(value)
-    kwargs[name] = value
-  return cls(**kwargs)
+    return typed_config.build(cls, config, "data")

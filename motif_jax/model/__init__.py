@@ -10,7 +10,7 @@ from motif_jax.model.transformer import (REMAT_POLICIES, decode_embeddings, embe
                                          unembed_matrix)
 
 __all__ = [
-    "ModelConfig", "ParamSpec", "REMAT_POLICIES", "abstract_params", "count_params",
+    "ModelConfig", "accounting", "ParamSpec", "REMAT_POLICIES", "abstract_params", "count_params",
     "decode_embeddings", "embed", "forward", "forward_logits", "init_params", "logits",
     "param_logical_axes", "param_partition_specs", "param_shardings", "param_specs",
     "positions_from_segments", "unembed_matrix", "validate_sharding",
