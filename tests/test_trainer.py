@@ -134,3 +134,13 @@ def test_resume_onto_a_different_mesh(straight_run, tmp_path):
   assert len(wq.sharding.device_set) == 4
   straight, resumed = _losses(straight_dir), _losses(workdir)
   np.testing.assert_allclose([resumed[3], resumed[4]], [straight[3], straight[4]], rtol=1e-4)
+
+
+def test_training_stops_after_too_many_non_finite_steps(straight_run, tmp_path):
+  straight_dir, _ = straight_run
+  cfg, params = checkpoint.restore_params(Path(straight_dir) / trainer.FINAL_PARAMS)
+  params["final_norm"] = params["final_norm"].at[0].set(np.nan)  # every step is non-finite
+  checkpoint.save_params(tmp_path / "poisoned", cfg, params)
+  config = smoke_config(4, init_from=str(tmp_path / "poisoned"), max_bad_steps=2)
+  with pytest.raises(RuntimeError, match=r"2 consecutive steps had non-finite .*max_bad_steps=2"):
+    trainer.train(config, str(tmp_path / "run"), log=lambda _: None)
