@@ -14,7 +14,7 @@
 import os
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from configs import sft as sft_config
 from motif_jax import trainer
@@ -28,6 +28,7 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny corpus and a few steps (seconds
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   start = time.perf_counter()
   config = sft_config.get_config(f"{'smoke' if _SMOKE.value else 'quickstart'},"
                                  f"steps={_STEPS.value}")

@@ -8,7 +8,7 @@
 The workdir receives config.json, checkpoints/, metrics.jsonl, tensorboard/ and final/ (params).
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from motif_jax import trainer
@@ -20,6 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   try:
     summary = trainer.train(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:  # config errors name the field
