@@ -10,6 +10,8 @@ PolyNorm-gated MLP of width 16,384, RoPE θ = 1e6, untied 219,520-token embeddin
 Variants (`--config=configs/motif2_12b.py:<arg>`):
   smoke    a 2-layer model with the same head layout at small width (CPU, seconds)
   seq=N    training / report sequence length in tokens (default 65,536)
+  cp=N     context parallelism: mesh sequence=N, weights sharded over fsdp x sequence
+           (64K SFT: cp=8 is 52.8 GiB per device by experiments.memory_plan, docs/memory_plan.md)
 """
 
 import ml_collections
@@ -18,7 +20,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, smoke=False, seq=65_536)
+  args = common.parse_arg(arg, smoke=False, seq=65_536, cp=0)
   config = ml_collections.ConfigDict()
   config.model = common.model(
       vocab_size=219_520,
@@ -45,4 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.update(dict(vocab_size=1024, d_model=128, num_layers=2, head_dim=16, d_ff=256,
                              max_seq_len=256, dtype="float32", remat="none"))
     config.mesh = common.mesh()
+  if args.cp:
+    config.mesh = common.mesh(sequence=args.cp)
+    rules = config.model.sharding.to_dict()
+    rules["embed"] = ("fsdp", "sequence")  # ZeRO-3 over the context ranks too
+    config.model.sharding = ml_collections.ConfigDict(rules)
   return config

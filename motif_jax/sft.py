@@ -19,7 +19,7 @@ import optax
 
 from motif_jax import losses
 from motif_jax import sharding as shd
-from motif_jax.model import ModelConfig, forward
+from motif_jax.model import ModelConfig, forward, param_specs
 from motif_jax.train_state import TrainState
 from pallas_kernels.fused_cross_entropy import BlockSizes
 
@@ -57,9 +57,25 @@ def _split_microbatches(batch: dict, m: int, rules: shd.ShardingRules) -> dict:
   return {k: split(batch[k]) for k in BATCH_KEYS}
 
 
+def _sharded_zeros(params, model: ModelConfig):
+  """Float32 zeros shaped and sharded like the params (unconstrained, XLA replicates them)."""
+  mesh = jax.sharding.get_abstract_mesh()
+
+  def zeros(p, spec):
+    z = jnp.zeros(p.shape, jnp.float32)
+    if mesh.empty:
+      return z
+    return jax.lax.with_sharding_constraint(
+        z, shd.present_spec(shd.spec_for(spec.axes, model.sharding), mesh))
+  return jax.tree.map(zeros, params, param_specs(model))
+
+
 def accumulate_gradients(params, batch: dict, cfg: SFTConfig):
   """Float32 sums over micro-batches: (loss_sum, token_count, grad_sum)."""
   grad_fn = jax.value_and_grad(sft_loss, has_aux=True)
+  if cfg.num_microbatches == 1:  # no float32 accumulator: one full-size gradient tree less
+    (loss, aux), grads = grad_fn(params, batch, cfg)
+    return loss, aux["tokens"], jax.tree.map(lambda g: g.astype(jnp.float32), grads)
   micro = _split_microbatches(batch, cfg.num_microbatches, cfg.model.sharding)
 
   def body(carry, mb):
@@ -68,7 +84,7 @@ def accumulate_gradients(params, batch: dict, cfg: SFTConfig):
     grad_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
     return (loss_acc + loss, tok_acc + aux["tokens"], grad_acc), None
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  zeros = _sharded_zeros(params, cfg.model)
   (loss_sum, tokens, grad_sum), _ = jax.lax.scan(
       body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros), micro)
   return loss_sum, tokens, grad_sum

@@ -6,7 +6,9 @@ or several of the four mesh axes in `MESH_AXES`. There are no regexes over param
 
 FSDP semantics: the mesh axes that carry the batch in activations (`rules.batch`, by default
 `("data", "fsdp")`) shard *parameters* only. `activation_rules` drops them from every other
-logical axis, so `embed -> fsdp` shards weights while activations stay batch-sharded.
+logical axis, so `embed -> fsdp` shards weights while activations stay batch-sharded. The same
+holds for the sequence axis: `embed=("fsdp", "sequence")` also shards weights over the
+context-parallel ranks (64K-token rows: one row spread over 8 devices, weights 8-way).
 """
 
 from __future__ import annotations
@@ -71,13 +73,18 @@ class ShardingRules:
 
 
 def activation_rules(rules: ShardingRules) -> ShardingRules:
-  """Rules for activations: mesh axes used by the batch are removed from every other axis."""
+  """Rules for activations: mesh axes used by the batch are removed from every other axis, and
+  those of the sequence from every axis but the batch (FSDP over the sequence axis:
+  `embed=("fsdp", "sequence")` shards weights 8 ways on a sequence=8 mesh while activations stay
+  sequence-sharded)."""
   batch_axes = set(_as_tuple(rules.batch))
+  seq_axes = set(_as_tuple(rules.seq)) - batch_axes
   updates = {}
   for name in LOGICAL_AXES:
     if name == "batch":
       continue
-    kept = tuple(a for a in _as_tuple(getattr(rules, name)) if a not in batch_axes)
+    dropped = batch_axes if name == "seq" else batch_axes | seq_axes
+    kept = tuple(a for a in _as_tuple(getattr(rules, name)) if a not in dropped)
     updates[name] = kept if kept else None
   return dataclasses.replace(rules, **updates)
 
@@ -154,14 +161,23 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: ShardingR
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  spec = spec_for(logical_axes, activation_rules(rules))
-  # Drop mesh axes the ambient mesh does not have (e.g. a user mesh without "sequence").
+  return jax.lax.with_sharding_constraint(x, activation_spec(logical_axes, rules, mesh))
+
+
+def activation_spec(logical_axes: Sequence[str | None], rules: ShardingRules,
+                    mesh) -> PartitionSpec:
+  """Activation PartitionSpec on `mesh`, without the mesh axes it lacks (e.g. no "sequence")."""
+  return present_spec(spec_for(logical_axes, activation_rules(rules)), mesh)
+
+
+def present_spec(spec: PartitionSpec, mesh) -> PartitionSpec:
+  """`spec` without the mesh axes that `mesh` lacks."""
   names = set(mesh.axis_names)
   parts = []
   for part in spec:
     axes = tuple(a for a in _as_tuple(part) if a in names)
     parts.append(None if not axes else axes[0] if len(axes) == 1 else axes)
-  return jax.lax.with_sharding_constraint(x, PartitionSpec(*parts))
+  return PartitionSpec(*parts)
 
 
 @contextlib.contextmanager

@@ -14,15 +14,15 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from motif_jax import checkpoint, evaluation, metrics_io
+from motif_jax import checkpoint, evaluation, metrics_io, typed_config
 from motif_jax import sharding as shd
 from motif_jax.data import pipeline
 from motif_jax.data.config import DataConfig
@@ -73,16 +73,6 @@ class CkptConfig:
       raise ValueError(f"ckpt.every={self.every} and ckpt.keep={self.keep} must be >= 1")
 
 
-def _typed(cls, section: Mapping[str, Any], name: str):
-  values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
-  known = {f.name for f in dataclasses.fields(cls)}
-  if set(values) != known:
-    unknown, missing = sorted(set(values) - known), sorted(known - set(values))
-    raise ValueError(f"{name}: unknown fields {[f'{name}.{u}' for u in unknown]}, "
-                     f"missing fields {[f'{name}.{m}' for m in missing]}")
-  return cls(**values)
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   model: ModelConfig
@@ -97,8 +87,8 @@ class RunConfig:
     run = cls(model=ModelConfig.from_config_dict(config.model),
               optim=OptimConfig.from_config_dict(config.optim),
               data=DataConfig.from_config_dict(config.data),
-              train=_typed(TrainConfig, config.train, "train"),
-              ckpt=_typed(CkptConfig, config.ckpt, "ckpt"),
+              train=typed_config.build(TrainConfig, config.train, "train"),
+              ckpt=typed_config.build(CkptConfig, config.ckpt, "ckpt"),
               mesh=shd.parse_mesh(",".join(f"{k}={v}" for k, v in config.mesh.items())))
     if run.data.global_batch_size != run.train.batch_size:
       raise ValueError(f"data.global_batch_size={run.data.global_batch_size} must equal "
@@ -121,9 +111,27 @@ def abstract_train_state(model: ModelConfig, optimizer, seed: int, mesh) -> tupl
   abstract_p = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract_params(model), p_shardings)
   make = functools.partial(init_train_state, optimizer=optimizer, seed=seed)
-  shardings = jax.jit(make).lower(abstract_p).compile().output_shardings
+  shapes = jax.eval_shape(make, abstract_p)
+  # Optimizer moments take their parameter's sharding. Left to the compiler (the output
+  # shardings of a jitted init) they came out replicated: zeros do not depend on the inputs.
+  replicated = NamedSharding(mesh, PartitionSpec())
+  # A moment leaf's key path ends with its parameter's path (mu['layers']['attn']['wq']), in
+  # AdamW and in Muon's masked sub-states alike.
+  by_path = {jax.tree_util.keystr(path): a
+             for path, a in jax.tree_util.tree_flatten_with_path(abstract_p)[0]}
+
+  def moment_sharding(path, a):
+    text = jax.tree_util.keystr(path)
+    for p_path, p in by_path.items():
+      if text.endswith(p_path) and a.shape == p.shape:
+        return p.sharding
+    return replicated
+
+  opt_shardings = jax.tree_util.tree_map_with_path(moment_sharding, shapes.opt_state)
+  shardings = jax.tree.map(lambda _: replicated, shapes)
+  shardings = dataclasses.replace(shardings, params=p_shardings, opt_state=opt_shardings)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          jax.eval_shape(make, abstract_p), shardings)
+                          shapes, shardings)
   return abstract, shardings
 
 

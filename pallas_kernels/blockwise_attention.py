@@ -44,26 +44,32 @@ def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
   return jnp.pad(x, pad)
 
 
-def _kv_bound(i, *, causal: bool, bq: int, bk: int, nk: int):
+def _kv_bound(i, *, causal: bool, bq: int, bk: int, nk: int, q_offset=0):
   """Key blocks [0, bound) that query block i can see."""
-  return jnp.minimum(nk, ((i + 1) * bq + bk - 1) // bk) if causal else nk
+  return jnp.minimum(nk, (q_offset + (i + 1) * bq + bk - 1) // bk) if causal else nk
 
 
 def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale: float,
-                      block_q: int, block_k: int):
-  """Returns o_btkgv (dtype of q) and lse_bkgt (float32)."""
+                      block_q: int, block_k: int, q_offset=0, seg_k_bs=None):
+  """Returns o_btkgv (dtype of q) and lse_bkgt (float32).
+
+  Context parallelism (motif_jax.parallel.context) passes a query chunk of t rows that starts at
+  key row `q_offset` (may be traced) of s >= t keys, and the keys' own segment ids `seg_k_bs`.
+  """
   b, t, kh, g, _ = q_btkgh.shape
-  bq, bk = min(block_q, t), min(block_k, t)
-  nq, nk = -(-t // bq), -(-t // bk)
+  s_len = k_bskh.shape[1]
+  seg_k_bs = seg_bt if seg_k_bs is None else seg_k_bs
+  bq, bk = min(block_q, t), min(block_k, s_len)
+  nq, nk = -(-t // bq), -(-s_len // bk)
   q_pad = _pad_to(q_btkgh, nq * bq, 1)
   k_pad, v_pad = _pad_to(k_bskh, nk * bk, 1), _pad_to(v_bskv, nk * bk, 1)
   segq_pad = None if seg_bt is None else _pad_to(seg_bt, nq * bq, 1)
-  segk_pad = None if seg_bt is None else _pad_to(seg_bt, nk * bk, 1)
+  segk_pad = None if seg_bt is None else _pad_to(seg_k_bs, nk * bk, 1)
   vd = v_bskv.shape[-1]
 
   def q_block(i):
     q_i = lax.dynamic_slice_in_dim(q_pad, i * bq, bq, axis=1)
-    rows = i * bq + jnp.arange(bq)
+    rows = q_offset + i * bq + jnp.arange(bq)
     seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
 
     def kv_step(j, carry):
@@ -71,7 +77,8 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
       k_j = lax.dynamic_slice_in_dim(k_pad, j * bk, bk, axis=1)
       v_j = lax.dynamic_slice_in_dim(v_pad, j * bk, bk, axis=1)
       seg_k = None if seg_bt is None else lax.dynamic_slice_in_dim(segk_pad, j * bk, bk, axis=1)
-      mask = tile_mask(rows, j * bk + jnp.arange(bk), seg_q, seg_k, causal=causal, seq_len=t)
+      mask = tile_mask(rows, j * bk + jnp.arange(bk), seg_q, seg_k, causal=causal,
+                       seq_len=s_len)
       mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
       s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
                      preferred_element_type=jnp.float32) * sm_scale
@@ -86,7 +93,8 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
 
     init = (jnp.zeros((b, kh, g, bq, vd), jnp.float32),
             jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, bq), jnp.float32))
-    acc, m, l = lax.fori_loop(0, _kv_bound(i, causal=causal, bq=bq, bk=bk, nk=nk), kv_step, init)
+    bound = _kv_bound(i, causal=causal, bq=bq, bk=bk, nk=nk, q_offset=q_offset)
+    acc, m, l = lax.fori_loop(0, bound, kv_step, init)
     l = jnp.where(l == 0.0, 1.0, l)  # only fully masked (padding) rows
     return (acc / l[..., None]).astype(q_btkgh.dtype), m + jnp.log(l)
 
@@ -97,7 +105,8 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
 
 
 def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delta_bkgt, *,
-                       causal: bool, sm_scale: float, block_q: int, block_k: int):
+                       causal: bool, sm_scale: float, block_q: int, block_k: int, q_offset=0,
+                       seg_k_bs=None):
   """dq, dk, dv from the saved lse; delta_bkgt = rowsum(o * do) - dlse.
 
   One pass: key blocks outer, query blocks inner, so each probability tile is recomputed once;
@@ -105,14 +114,16 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
   buffer (O(s), updated in place).
   """
   b, t, kh, g, h = q_btkgh.shape
+  s_len = k_bskh.shape[1]
+  seg_k_bs = seg_bt if seg_k_bs is None else seg_k_bs
   vd = v_bskv.shape[-1]
-  bq, bk = min(block_q, t), min(block_k, t)
-  nq, nk = -(-t // bq), -(-t // bk)
+  bq, bk = min(block_q, t), min(block_k, s_len)
+  nq, nk = -(-t // bq), -(-s_len // bk)
   q_pad, do_pad = _pad_to(q_btkgh, nq * bq, 1), _pad_to(do_btkgv, nq * bq, 1)
   lse_pad, delta_pad = _pad_to(lse_bkgt, nq * bq, 3), _pad_to(delta_bkgt, nq * bq, 3)
   k_pad, v_pad = _pad_to(k_bskh, nk * bk, 1), _pad_to(v_bskv, nk * bk, 1)
   segq_pad = None if seg_bt is None else _pad_to(seg_bt, nq * bq, 1)
-  segk_pad = None if seg_bt is None else _pad_to(seg_bt, nk * bk, 1)
+  segk_pad = None if seg_bt is None else _pad_to(seg_k_bs, nk * bk, 1)
 
   def kv_block(j, carry):
     dq_acc, dk_all, dv_all = carry
@@ -128,7 +139,8 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
       lse_i = lax.dynamic_slice_in_dim(lse_pad, i * bq, bq, axis=3)
       delta_i = lax.dynamic_slice_in_dim(delta_pad, i * bq, bq, axis=3)
       seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
-      mask = tile_mask(i * bq + jnp.arange(bq), cols, seg_q, seg_k, causal=causal, seq_len=t)
+      mask = tile_mask(q_offset + i * bq + jnp.arange(bq), cols, seg_q, seg_k, causal=causal,
+                       seq_len=s_len)
       mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
       s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
                      preferred_element_type=jnp.float32) * sm_scale
@@ -143,7 +155,7 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
           dq_acc, lax.dynamic_slice_in_dim(dq_acc, i * bq, bq, axis=1) + dq_i, i * bq, axis=1)
       return dq_acc, dk_j, dv_j
 
-    lo = (j * bk) // bq if causal else 0
+    lo = jnp.maximum(0, (j * bk - q_offset) // bq) if causal else 0
     inner = (dq_acc, jnp.zeros((b, bk, kh, h), jnp.float32), jnp.zeros((b, bk, kh, vd),
                                                                        jnp.float32))
     dq_acc, dk_j, dv_j = lax.fori_loop(lo, nq, q_step, inner)
@@ -156,4 +168,4 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
           jnp.zeros(v_pad.shape, v_bskv.dtype))
   dq_acc, dk_pad, dv_pad = lax.fori_loop(0, nk, kv_block, init)
   dq = (dq_acc[:, :t] * sm_scale).astype(q_btkgh.dtype)
-  return dq, dk_pad[:, :t], dv_pad[:, :t]
+  return dq, dk_pad[:, :s_len], dv_pad[:, :s_len]

@@ -182,7 +182,7 @@ def test_scan_equals_unrolled(attention):
   _assert_trees_close(grads_scan, grads_loop)
 
 
-@pytest.mark.parametrize("remat", ["full", "dots", "attn_out", "qkv_attn_out"])
+@pytest.mark.parametrize("remat", ["full", "dots", "attn_out", "qkv_attn_out", "offload"])
 def test_remat_policy_equals_no_remat(remat):
   cfg = tiny_config(remat="none")
   params = random_params(cfg)

@@ -5,7 +5,9 @@ g query heads. Differential variants reuse it with a doubled value width (V1 ‖
 is applied to both value slabs (recipe §1.3 efficiency note). `cfg.attention_impl` picks the core
 (`ATTEND`): "reference" is the dense `attend` below (the test oracle), "xla" the O(s)-memory
 blockwise path and "pallas" the Triton kernels of `pallas_kernels.flash_attention` (interpreted on
-CPU), "cudnn" `jax.nn.dot_product_attention` (GPU only, see `attend_dot_product`).
+CPU), "cudnn" `jax.nn.dot_product_attention` (GPU only, see `attend_dot_product`). When the
+ambient mesh shards the sequence, every impl becomes `parallel.context.context_attend`
+(all-gathered K/V, zig-zag chunks); the GQA / DIFF / GDA math around the core is unchanged.
 
 GDA layout (recipe §1.3): q heads are group-major stripes [G, ratio+1] with the last head of each
 group the noise head; K/V heads are interleaved pairs [G, 2] (even = K1/V1, odd = K2/V2).
@@ -24,6 +26,7 @@ from jax.ad_checkpoint import checkpoint_name
 from motif_jax import sharding as shd
 from motif_jax.model import layers
 from motif_jax.model.config import ModelConfig
+from motif_jax.parallel import context
 from pallas_kernels import flash_attention as fa
 
 
@@ -176,8 +179,10 @@ def attention(x_btd: jax.Array, p: dict, layer: jax.Array, cos_bth: jax.Array,
               sin_bth: jax.Array, segment_ids_bt: jax.Array, cfg: ModelConfig) -> jax.Array:
   """One attention sub-layer: projections, RoPE, the configured core, output projection."""
   q_btnh, k_btkh, v_btkh = project_qkv(x_btd, p, cos_bth, sin_bth, cfg)
-  attend_fn = functools.partial(_with_segments, ATTEND[cfg.attention_impl],
-                                segment_ids_bt=segment_ids_bt)
+  core = ATTEND[cfg.attention_impl]
+  if context.sequence_shards(cfg.sharding) > 1:  # rows arrive in zig-zag order (transformer.py)
+    core = functools.partial(context.context_attend, rules=cfg.sharding)
+  attend_fn = functools.partial(_with_segments, core, segment_ids_bt=segment_ids_bt)
   o_btnv = _CORES[cfg.attention](q_btnh, k_btkh, v_btkh, attend_fn, p, layer, cfg)
   return _output(o_btnv, p, cfg)
 

@@ -18,7 +18,7 @@ from motif_jax.sharding import ShardingRules
 
 ATTENTION_KINDS = ("gqa", "diff", "gda")
 MLP_KINDS = ("swiglu", "polynorm")
-REMAT_NAMES = ("none", "full", "dots", "attn_out", "qkv_attn_out")
+REMAT_NAMES = ("none", "full", "dots", "attn_out", "qkv_attn_out", "offload")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "reference")
 DTYPES = ("float32", "bfloat16", "float16")
 

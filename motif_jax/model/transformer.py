@@ -20,6 +20,7 @@ from motif_jax import sharding as shd
 from motif_jax.model import layers
 from motif_jax.model.attention import attention
 from motif_jax.model.config import ModelConfig
+from motif_jax.parallel import context
 
 _policies = jax.checkpoint_policies
 # "none" means no jax.checkpoint at all; the others name what a layer keeps for the backward pass.
@@ -29,6 +30,13 @@ REMAT_POLICIES = {
     "attn_out": _policies.save_only_these_names("attn_out"),
     "qkv_attn_out": _policies.save_only_these_names(
         "query_proj", "key_proj", "value_proj", "attn_out"),
+    # qkv_attn_out's tensors kept in host memory (pinned_host) instead of device memory: the
+    # backward fetches them back instead of recomputing them. XLA moves them on GPU and TPU; the
+    # CPU backend lowers the policy but keeps them in device memory (checked: same gradients).
+    "offload": _policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=(),
+        names_which_can_be_offloaded=("query_proj", "key_proj", "value_proj", "attn_out"),
+        offload_src="device", offload_dst="pinned_host"),
 }
 
 
@@ -81,10 +89,19 @@ def decode_embeddings(params: dict, x_btd: jax.Array, cfg: ModelConfig, *,
     segment_ids = jnp.ones((b, t), jnp.int32)
   if positions is None:
     positions = positions_from_segments(segment_ids)
+  shards = context.sequence_shards(cfg.sharding)
+  if shards > 1:
+    # Context parallelism: rows in zig-zag chunk order (causal load balance), undone at the end.
+    x_btd, segment_ids, positions = (context.to_zigzag(a, shards)
+                                     for a in (x_btd, segment_ids, positions))
   x_btd = shd.constrain(x_btd.astype(cfg.dtype), ("batch", "seq", "embed"), cfg.sharding)
   cos_bth, sin_bth = layers.rope_tables(positions, cfg.head_dim, cfg.rope_theta)
   x_btd = apply_layers(x_btd, params["layers"], cos_bth, sin_bth, segment_ids, cfg)
-  return layers.rms_norm(x_btd, params["final_norm"], cfg.rms_norm_eps)
+  x_btd = layers.rms_norm(x_btd, params["final_norm"], cfg.rms_norm_eps)
+  if shards > 1:
+    x_btd = shd.constrain(context.from_zigzag(x_btd, shards), ("batch", "seq", "embed"),
+                          cfg.sharding)
+  return x_btd
 
 
 def embed(params: dict, tokens_bt: jax.Array, cfg: ModelConfig) -> jax.Array:

@@ -1,0 +1,1 @@
+"""Parallelism beyond GSPMD annotations: context (sequence) parallel attention."""
