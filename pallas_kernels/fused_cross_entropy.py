@@ -266,6 +266,23 @@ def _load_coef(coef_refs, row0, block_t, row_ok):
   return tuple(_load_rows(r, row0, block_t, row_ok) for r in coef_refs)
 
 
+def _zero_tiles(tile, n_d, shape):
+  """Zero the float32 accumulator tiles `tile(k)` of this program, k over d_model tiles."""
+  def step(k, _):
+    ref, mask, _ = tile(k)
+    plgpu.store(ref, jnp.zeros(shape, jnp.float32), mask=mask)
+  lax.fori_loop(0, n_d, step, None)
+
+
+def _accumulate_tiles(tile, n_d, contribution):
+  """tile(k) += contribution(k, d_ok) for every d_model tile k: float32 read-modify-write of
+  this program's own output rows/columns (no other program touches them)."""
+  def step(k, _):
+    ref, mask, d_ok = tile(k)
+    plgpu.store(ref, plgpu.load(ref, mask=mask, other=0.0) + contribution(k, d_ok), mask=mask)
+  lax.fori_loop(0, n_d, step, None)
+
+
 def _ce_dh_kernel(h_ref, w_ref, labels_ref, *refs, temperature, block_t, block_v, block_d):
   *coef_refs, dh_ref = refs
   tokens, d_model = h_ref.shape
@@ -280,11 +297,7 @@ def _ce_dh_kernel(h_ref, w_ref, labels_ref, *refs, temperature, block_t, block_v
     return dh_ref.at[pl.ds(row0, block_t), pl.ds(k * block_d, block_d)], (
         row_ok[:, None] & d_ok[None, :]), d_ok
 
-  def zero_step(k, _):
-    ref, mask, _ = dh_tile(k)
-    plgpu.store(ref, jnp.zeros((block_t, block_d), jnp.float32), mask=mask)
-
-  lax.fori_loop(0, n_d, zero_step, None)
+  _zero_tiles(dh_tile, n_d, (block_t, block_d))
 
   def v_step(j, _):
     col0 = j * block_v
@@ -294,14 +307,12 @@ def _ce_dh_kernel(h_ref, w_ref, labels_ref, *refs, temperature, block_t, block_v
     onehot = (col0 + jnp.arange(block_v))[None, :] == labels[:, None]
     dz = _dlogits(z, valid, onehot, coef, temperature).astype(w_ref.dtype)
 
-    def d_step(k, _):
-      ref, mask, d_ok = dh_tile(k)
+    def contribution(k, d_ok):  # dh[rows, d tile] += dz @ W[d tile, cols]^T
       w = plgpu.load(w_ref.at[pl.ds(k * block_d, block_d), pl.ds(col0, block_v)],
                      mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-      acc = plgpu.load(ref, mask=mask, other=0.0) + plgpu.dot(dz, w, trans_b=True)
-      plgpu.store(ref, acc, mask=mask)
+      return plgpu.dot(dz, w, trans_b=True)
 
-    lax.fori_loop(0, n_d, d_step, None)
+    _accumulate_tiles(dh_tile, n_d, contribution)
 
   lax.fori_loop(0, pl.cdiv(w_ref.shape[1], block_v), v_step, None)
 
@@ -318,11 +329,7 @@ def _ce_dw_kernel(h_ref, w_ref, labels_ref, *refs, temperature, block_t, block_v
     return dw_ref.at[pl.ds(k * block_d, block_d), pl.ds(col0, block_v)], (
         d_ok[:, None] & col_ok[None, :]), d_ok
 
-  def zero_step(k, _):
-    ref, mask, _ = dw_tile(k)
-    plgpu.store(ref, jnp.zeros((block_d, block_v), jnp.float32), mask=mask)
-
-  lax.fori_loop(0, n_d, zero_step, None)
+  _zero_tiles(dw_tile, n_d, (block_d, block_v))
 
   def t_step(i, _):
     row0 = i * block_t
@@ -334,14 +341,12 @@ def _ce_dw_kernel(h_ref, w_ref, labels_ref, *refs, temperature, block_t, block_v
     onehot = (col0 + jnp.arange(block_v))[None, :] == labels[:, None]
     dz = _dlogits(z, valid, onehot, coef, temperature).astype(h_ref.dtype)
 
-    def d_step(k, _):
-      ref, mask, d_ok = dw_tile(k)
+    def contribution(k, d_ok):  # dW[d tile, cols] += h[rows, d tile]^T @ dz
       h = plgpu.load(h_ref.at[pl.ds(row0, block_t), pl.ds(k * block_d, block_d)],
                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-      acc = plgpu.load(ref, mask=mask, other=0.0) + plgpu.dot(h, dz, trans_a=True)
-      plgpu.store(ref, acc, mask=mask)
+      return plgpu.dot(h, dz, trans_a=True)
 
-    lax.fori_loop(0, n_d, d_step, None)
+    _accumulate_tiles(dw_tile, n_d, contribution)
 
   lax.fori_loop(0, pl.cdiv(tokens, block_t), t_step, None)
 
