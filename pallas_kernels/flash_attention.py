@@ -96,6 +96,25 @@ def _load_segments(seg_ref, start, size, has_segments):
   return plgpu.load(seg_ref.at[pl.ds(start, size)], mask=idx < seg_ref.shape[0], other=-1)
 
 
+def _key_tile(k_ref, v_ref, seg_ref, rows, seg_q, j, *, causal, has_segments, seq_len,
+              block_k):
+  """Key tile j of a query tile's loop: (k, v, mask), rows past the end loaded as zeros."""
+  cols = j * block_k + jnp.arange(block_k)
+  col_ok = (cols < seq_len)[:, None]
+  k = plgpu.load(k_ref.at[pl.ds(j * block_k, block_k), :], mask=col_ok, other=0.0)
+  v = plgpu.load(v_ref.at[pl.ds(j * block_k, block_k), :], mask=col_ok, other=0.0)
+  seg_k = _load_segments(seg_ref, j * block_k, block_k, has_segments)
+  return k, v, bw.tile_mask(rows, cols, seg_q, seg_k, causal=causal, seq_len=seq_len)
+
+
+def _key_blocks(qi, *, causal, seq_len, block_q, block_k):
+  """Key tiles query tile qi visits: all of them, or (causal) up to its diagonal."""
+  num_k_blocks = pl.cdiv(seq_len, block_k)
+  if causal:
+    num_k_blocks = jnp.minimum(num_k_blocks, lax.div((qi + 1) * block_q + block_k - 1, block_k))
+  return num_k_blocks
+
+
 def _flash_attention_fwd_kernel(seg_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal,
                                 has_segments, sm_scale, seq_len, block_q, block_k):
   num_q_blocks = pl.cdiv(seq_len, block_q)
@@ -104,15 +123,12 @@ def _flash_attention_fwd_kernel(seg_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
   row_ok = rows < seq_len
   q = plgpu.load(q_ref, mask=row_ok[:, None], other=0.0)
   seg_q = _load_segments(seg_ref, qi * block_q, block_q, has_segments)
+  key_tile = functools.partial(_key_tile, k_ref, v_ref, seg_ref, rows, seg_q, causal=causal,
+                               has_segments=has_segments, seq_len=seq_len, block_k=block_k)
 
   def body(j, carry):
     acc, m, l = carry
-    cols = j * block_k + jnp.arange(block_k)
-    col_ok = (cols < seq_len)[:, None]
-    k = plgpu.load(k_ref.at[pl.ds(j * block_k, block_k), :], mask=col_ok, other=0.0)
-    v = plgpu.load(v_ref.at[pl.ds(j * block_k, block_k), :], mask=col_ok, other=0.0)
-    seg_k = _load_segments(seg_ref, j * block_k, block_k, has_segments)
-    mask = bw.tile_mask(rows, cols, seg_q, seg_k, causal=causal, seq_len=seq_len)
+    k, v, mask = key_tile(j)
     s = jnp.where(mask, _dot(q, k, trans_b=True) * sm_scale, bw.MASK_VALUE)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     alpha = jnp.exp(m - m_new)
@@ -120,9 +136,8 @@ def _flash_attention_fwd_kernel(seg_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
     acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
     return acc, m_new, alpha * l + jnp.sum(p, axis=1)
 
-  num_k_blocks = pl.cdiv(seq_len, block_k)
-  if causal:
-    num_k_blocks = jnp.minimum(num_k_blocks, lax.div((qi + 1) * block_q + block_k - 1, block_k))
+  num_k_blocks = _key_blocks(qi, causal=causal, seq_len=seq_len, block_q=block_q,
+                             block_k=block_k)
   init = (jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32),
           jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32))
   acc, m, l = lax.fori_loop(0, num_k_blocks, body, init)
@@ -142,22 +157,18 @@ def _flash_attention_dq_kernel(seg_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, de
   lse = plgpu.load(lse_ref, mask=row_ok, other=0.0)
   delta = plgpu.load(delta_ref, mask=row_ok, other=0.0)
   seg_q = _load_segments(seg_ref, qi * block_q, block_q, has_segments)
+  key_tile = functools.partial(_key_tile, k_ref, v_ref, seg_ref, rows, seg_q, causal=causal,
+                               has_segments=has_segments, seq_len=seq_len, block_k=block_k)
 
   def body(j, dq):
-    cols = j * block_k + jnp.arange(block_k)
-    col_ok = (cols < seq_len)[:, None]
-    k = plgpu.load(k_ref.at[pl.ds(j * block_k, block_k), :], mask=col_ok, other=0.0)
-    v = plgpu.load(v_ref.at[pl.ds(j * block_k, block_k), :], mask=col_ok, other=0.0)
-    seg_k = _load_segments(seg_ref, j * block_k, block_k, has_segments)
-    mask = bw.tile_mask(rows, cols, seg_q, seg_k, causal=causal, seq_len=seq_len)
+    k, v, mask = key_tile(j)
     s = _dot(q, k, trans_b=True) * sm_scale
     p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
     ds = p * (_dot(do, v, trans_b=True) - delta[:, None])
     return dq + _dot(ds.astype(k.dtype), k)
 
-  num_k_blocks = pl.cdiv(seq_len, block_k)
-  if causal:
-    num_k_blocks = jnp.minimum(num_k_blocks, lax.div((qi + 1) * block_q + block_k - 1, block_k))
+  num_k_blocks = _key_blocks(qi, causal=causal, seq_len=seq_len, block_q=block_q,
+                             block_k=block_k)
   dq = lax.fori_loop(0, num_k_blocks, body, jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32))
   plgpu.store(dq_ref, (dq * sm_scale).astype(dq_ref.dtype), mask=row_ok[:, None])
 

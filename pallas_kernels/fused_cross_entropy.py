@@ -125,16 +125,31 @@ def _clamped_start(i, chunk, total):
 
 # ---- XLA chunked implementation ---------------------------------------------------------------
 
+def _vocab_tile(h_cd, w_dv, j, cv, temperature):
+  """Vocab chunk j: (w_dc, z_cv, cols, fresh) where `fresh` masks the columns an overlapping
+  last chunk shares with its neighbour."""
+  v0 = _clamped_start(j, cv, w_dv.shape[1])
+  w_dc = _slice(w_dv, v0, cv, 1)
+  z_cv = jnp.dot(h_cd, w_dc, preferred_element_type=jnp.float32) / temperature
+  cols = v0 + jnp.arange(cv)
+  return w_dc, z_cv, cols, jnp.broadcast_to((cols >= j * cv)[None, :], z_cv.shape)
+
+
+def _token_chunk(h_td, labels_t, coef, i, ct):
+  """Token chunk i: (t0, h_cd, labels_c, coef_c, fresh_rows), fresh_rows masking the rows an
+  overlapping last chunk shares with its neighbour."""
+  t0 = _clamped_start(i, ct, h_td.shape[0])
+  labels_c = lax.dynamic_slice_in_dim(labels_t, t0, ct)
+  coef_c = tuple(lax.dynamic_slice_in_dim(x, t0, ct) for x in coef)
+  return t0, _slice(h_td, t0, ct, 0), labels_c, coef_c, (t0 + jnp.arange(ct)) >= i * ct
+
+
 def _xla_fwd_chunk(h_cd, w_dv, labels_c, *, temperature, chunk_v):
   vocab = w_dv.shape[1]
   cv = min(chunk_v, vocab)
 
   def vocab_step(stats, j):
-    v0 = _clamped_start(j, cv, vocab)
-    z_cv = jnp.dot(h_cd, _slice(w_dv, v0, cv, 1),
-                   preferred_element_type=jnp.float32) / temperature
-    cols = v0 + jnp.arange(cv)
-    fresh = jnp.broadcast_to((cols >= j * cv)[None, :], z_cv.shape)  # skip the overlap
+    _, z_cv, cols, fresh = _vocab_tile(h_cd, w_dv, j, cv, temperature)
     return _online_update(stats, z_cv, fresh, cols[None, :] == labels_c[:, None]), None
 
   stats, _ = lax.scan(vocab_step, _init_stats(h_cd.shape[0]), jnp.arange(pl.cdiv(vocab, cv)))
@@ -146,11 +161,7 @@ def _xla_dh_chunk(h_cd, w_dv, labels_c, coef_c, *, temperature, chunk_v):
   cv = min(chunk_v, vocab)
 
   def vocab_step(dh_cd, j):
-    v0 = _clamped_start(j, cv, vocab)
-    w_dc = _slice(w_dv, v0, cv, 1)
-    z_cv = jnp.dot(h_cd, w_dc, preferred_element_type=jnp.float32) / temperature
-    cols = v0 + jnp.arange(cv)
-    fresh = jnp.broadcast_to((cols >= j * cv)[None, :], z_cv.shape)
+    w_dc, z_cv, cols, fresh = _vocab_tile(h_cd, w_dv, j, cv, temperature)
     dz_cv = _dlogits(z_cv, fresh, cols[None, :] == labels_c[:, None], coef_c, temperature)
     return dh_cd + jnp.dot(dz_cv.astype(w_dc.dtype), w_dc.T, preferred_element_type=jnp.float32), None
 
@@ -165,13 +176,9 @@ def _xla_dw_chunk(h_td, w_dc, labels_t, coef, *, temperature, chunk_t):
   ct = min(chunk_t, tokens)
 
   def token_step(dw_dc, i):
-    t0 = _clamped_start(i, ct, tokens)
-    h_cd = _slice(h_td, t0, ct, 0)
+    _, h_cd, labels_c, coef_c, fresh_rows = _token_chunk(h_td, labels_t, coef, i, ct)
     z_cv = jnp.dot(h_cd, w_dc, preferred_element_type=jnp.float32) / temperature
-    rows = t0 + jnp.arange(ct)
-    fresh = jnp.broadcast_to((rows >= i * ct)[:, None], z_cv.shape)
-    labels_c = lax.dynamic_slice_in_dim(labels_t, t0, ct)
-    coef_c = tuple(lax.dynamic_slice_in_dim(x, t0, ct) for x in coef)
+    fresh = jnp.broadcast_to(fresh_rows[:, None], z_cv.shape)
     onehot = jnp.arange(w_dc.shape[1])[None, :] == labels_c[:, None]
     dz_cv = _dlogits(z_cv, fresh, onehot, coef_c, temperature)
     return dw_dc + jnp.dot(h_cd.T, dz_cv.astype(h_cd.dtype), preferred_element_type=jnp.float32), None
@@ -188,19 +195,12 @@ def _xla_fused_backward(h_td, w_dv, labels_t, coef, *, temperature, chunk_t, chu
 
   def token_step(i, carry):
     dh_td, dw_dv = carry
-    t0 = _clamped_start(i, ct, tokens)
-    h_cd = _slice(h_td, t0, ct, 0)
-    labels_c = lax.dynamic_slice_in_dim(labels_t, t0, ct)
-    coef_c = tuple(lax.dynamic_slice_in_dim(x, t0, ct) for x in coef)
-    fresh_rows = (t0 + jnp.arange(ct)) >= i * ct  # rows the previous chunk did not cover
+    t0, h_cd, labels_c, coef_c, fresh_rows = _token_chunk(h_td, labels_t, coef, i, ct)
 
     def vocab_step(carry, j):
       dh_cd, dw_dv = carry
-      v0 = _clamped_start(j, cv, vocab)
-      w_dc = _slice(w_dv, v0, cv, 1)
-      z_cv = jnp.dot(h_cd, w_dc, preferred_element_type=jnp.float32) / temperature
-      cols = v0 + jnp.arange(cv)
-      fresh = jnp.broadcast_to((cols >= j * cv)[None, :], z_cv.shape)
+      w_dc, z_cv, cols, fresh = _vocab_tile(h_cd, w_dv, j, cv, temperature)
+      v0 = cols[0]
       dz_cv = _dlogits(z_cv, fresh, cols[None, :] == labels_c[:, None], coef_c, temperature)
       dh_cd = dh_cd + jnp.dot(dz_cv.astype(w_dc.dtype), w_dc.T, preferred_element_type=jnp.float32)
       dz_rows = jnp.where(fresh_rows[:, None], dz_cv, 0.0).astype(h_cd.dtype)
