@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from motif_jax.model.config import ModelConfig
+from motif_jax.model.config import RUNTIME_FIELDS, ModelConfig
 from motif_jax.model.params import abstract_params, param_shardings
 
 PARAMS_DIR = "params"
@@ -30,7 +30,12 @@ def config_to_json(cfg: ModelConfig) -> str:
 
 
 def config_from_json(text: str) -> ModelConfig:
-  return ModelConfig.from_config_dict(json.loads(text))
+  """Configs saved before a runtime field existed (model.config.RUNTIME_FIELDS) get its default."""
+  values = json.loads(text)
+  for field in dataclasses.fields(ModelConfig):
+    if field.name in RUNTIME_FIELDS and field.name not in values:
+      values[field.name] = field.default
+  return ModelConfig.from_config_dict(values)
 
 
 def save_params(directory: str | Path, cfg: ModelConfig, params: Any) -> Path:

@@ -4,8 +4,11 @@
 sums and token counts, not means, so callers normalize by the true token count of the whole
 (global, micro-batched) batch.
 
-Sharding note: the kernels see one flat token axis; under a batch-sharded mesh GSPMD gathers it.
-Per-shard loss computation (shard_map over the batch axes) belongs to the long-context work.
+Sharding note: under a mesh (`jax.set_mesh`) the loss runs per shard
+(`motif_jax.parallel.loss`): each device computes its own tokens (batch over data/fsdp, sequence
+over sequence) against its own vocab slice of the head (tensor), combining per-token statistics
+across the vocab shards; GSPMD would otherwise gather the token axis and repeat the LM-head work
+on every device. Without a mesh it is the plain fused kernel.
 """
 
 from __future__ import annotations
@@ -14,18 +17,17 @@ import jax
 import jax.numpy as jnp
 
 from motif_jax.model import ModelConfig, unembed_matrix
-from pallas_kernels.fused_cross_entropy import BlockSizes, fused_cross_entropy
+from motif_jax.parallel.loss import sharded_fused_cross_entropy
+from pallas_kernels.fused_cross_entropy import BlockSizes
 
 
 def _flat_token_stats(params, hidden_btd, targets_bt, mask_bt, cfg, *, temperature, z_loss,
                       impl, block_sizes):
-  b, t, d = hidden_btd.shape
   w_dv = unembed_matrix(params, cfg).astype(cfg.dtype)
-  loss_t, entropy_t = fused_cross_entropy(
-      hidden_btd.reshape(b * t, d).astype(cfg.dtype), w_dv, targets_bt.reshape(b * t),
-      mask_bt.reshape(b * t).astype(jnp.float32), temperature=temperature, z_loss=z_loss,
-      impl=impl, block_sizes=block_sizes)
-  return loss_t.reshape(b, t), entropy_t.reshape(b, t)
+  return sharded_fused_cross_entropy(
+      hidden_btd.astype(cfg.dtype), w_dv, targets_bt, mask_bt.astype(jnp.float32),
+      rules=cfg.sharding, temperature=temperature, z_loss=z_loss, impl=impl,
+      block_sizes=block_sizes)
 
 
 def next_token_loss(params: dict, hidden_btd: jax.Array, targets_bt: jax.Array,

@@ -146,11 +146,10 @@ def _initial_params(run: RunConfig, mesh, log: Callable) -> Any:
                      f"workdir with {FINAL_PARAMS}/, or a directory with "
                      f"{checkpoint.PARAMS_DIR}/ and {checkpoint.CONFIG_FILE})")
   saved_cfg, params = checkpoint.restore_params(source, mesh=mesh)
-  arch = lambda c: dataclasses.replace(c, remat="none", scan_layers=True, attention_impl="xla",  # noqa: E731
-                                       dtype="float32", max_seq_len=1, sharding=shd.ShardingRules())
-  if arch(saved_cfg) != arch(run.model):
+  saved_arch, run_arch = saved_cfg.architecture(), run.model.architecture()
+  if saved_arch != run_arch:
     diff = [f.name for f in dataclasses.fields(ModelConfig)
-            if getattr(arch(saved_cfg), f.name) != getattr(arch(run.model), f.name)]
+            if getattr(saved_arch, f.name) != getattr(run_arch, f.name)]
     raise ValueError(f"train.init_from={run.train.init_from}: its model differs in "
                      f"{['model.' + d for d in diff]}")
   log(f"initialized params from {source}")

@@ -6,8 +6,11 @@ exists in the forward or the backward pass: memory is O(s) plus one [block_q, bl
 head. Causal loops stop at the diagonal block (dynamic trip counts are fine: the backward is
 hand-written, never derived by autodiff).
 
-Layouts: q_btkgh (k KV heads, each serving g query heads), k_bskh, v_bskv, segment ids [b, t],
-lse_bkgt (float32). Sequences are padded to whole blocks here; `tile_mask` removes the padding.
+Layouts: q_btkgh (k KV heads, each serving g query heads), k_bskh, v_bskv, segment ids [b, t]
+for queries and [b, s] for keys, lse_bkgt (float32). The t queries may be a chunk of a longer
+sequence: query row i sits at key position q_offset + i (causal mask q_offset + i >= j).
+Sequences are padded to whole blocks here; `tile_mask` removes the padding. Rows that see no key
+get o = 0 and lse = MASK_VALUE (see `flash_attention`).
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def tile_mask(rows_q: jax.Array, cols_k: jax.Array, seg_q: jax.Array | None,
-              seg_k: jax.Array | None, *, causal: bool, seq_len: int) -> jax.Array:
+              seg_k: jax.Array | None, *, causal: bool, q_len: int, k_len: int,
+              q_offset=0) -> jax.Array:
   """[bq, bk] (or [b, bq, bk] with [b, ·] segment ids): which (query, key) pairs may attend.
 
-  Shared by the Pallas kernels and the XLA path: both ends inside the sequence (tail padding),
-  key not after query (causal), same packed segment.
+  Shared by the Pallas kernels and the XLA path. rows_q index the q_len queries, whose positions
+  are q_offset + rows_q (q_offset may be traced); cols_k index the k_len keys and are their
+  positions. A pair attends when both ends are inside their sequence (tail padding), the key is
+  not after the query (causal), and both are in the same packed segment.
   """
-  mask_qk = (rows_q < seq_len)[:, None] & (cols_k < seq_len)[None, :]
+  mask_qk = (rows_q < q_len)[:, None] & (cols_k < k_len)[None, :]
   if causal:
-    mask_qk = mask_qk & (rows_q[:, None] >= cols_k[None, :])
+    mask_qk = mask_qk & ((q_offset + rows_q)[:, None] >= cols_k[None, :])
   if seg_q is None:
     return mask_qk
   same = seg_q[..., :, None] == seg_k[..., None, :]
@@ -44,9 +50,12 @@ def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
   return jnp.pad(x, pad)
 
 
-def _kv_bound(i, *, causal: bool, bq: int, bk: int, nk: int, q_offset=0):
-  """Key blocks [0, bound) that query block i can see."""
-  return jnp.minimum(nk, (q_offset + (i + 1) * bq + bk - 1) // bk) if causal else nk
+def _kv_bound(i, *, causal: bool, bq: int, bk: int, nk: int, t: int, q_offset=0):
+  """Key blocks [0, bound) that query block i can see (causal: up to its last row's position)."""
+  if not causal:
+    return nk
+  last = q_offset + jnp.minimum((i + 1) * bq, t) - 1
+  return jnp.clip((last + bk) // bk, 0, nk)
 
 
 def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale: float,
@@ -54,7 +63,8 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
   """Returns o_btkgv (dtype of q) and lse_bkgt (float32).
 
   Context parallelism (motif_jax.parallel.context) passes a query chunk of t rows that starts at
-  key row `q_offset` (may be traced) of s >= t keys, and the keys' own segment ids `seg_k_bs`.
+  key row `q_offset` (may be traced, negative or past s) of s keys, and the keys' own segment ids
+  `seg_k_bs` (default: seg_bt, for s == t).
   """
   b, t, kh, g, _ = q_btkgh.shape
   s_len = k_bskh.shape[1]
@@ -69,7 +79,7 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
 
   def q_block(i):
     q_i = lax.dynamic_slice_in_dim(q_pad, i * bq, bq, axis=1)
-    rows = q_offset + i * bq + jnp.arange(bq)
+    rows = i * bq + jnp.arange(bq)
     seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
 
     def kv_step(j, carry):
@@ -77,8 +87,8 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
       k_j = lax.dynamic_slice_in_dim(k_pad, j * bk, bk, axis=1)
       v_j = lax.dynamic_slice_in_dim(v_pad, j * bk, bk, axis=1)
       seg_k = None if seg_bt is None else lax.dynamic_slice_in_dim(segk_pad, j * bk, bk, axis=1)
-      mask = tile_mask(rows, j * bk + jnp.arange(bk), seg_q, seg_k, causal=causal,
-                       seq_len=s_len)
+      mask = tile_mask(rows, j * bk + jnp.arange(bk), seg_q, seg_k, causal=causal, q_len=t,
+                       k_len=s_len, q_offset=q_offset)
       mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
       s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
                      preferred_element_type=jnp.float32) * sm_scale
@@ -93,10 +103,14 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
 
     init = (jnp.zeros((b, kh, g, bq, vd), jnp.float32),
             jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, bq), jnp.float32))
-    bound = _kv_bound(i, causal=causal, bq=bq, bk=bk, nk=nk, q_offset=q_offset)
+    bound = _kv_bound(i, causal=causal, bq=bq, bk=bk, nk=nk, t=t, q_offset=q_offset)
     acc, m, l = lax.fori_loop(0, bound, kv_step, init)
-    l = jnp.where(l == 0.0, 1.0, l)  # only fully masked (padding) rows
-    return (acc / l[..., None]).astype(q_btkgh.dtype), m + jnp.log(l)
+    # Rows that saw no key (padding, before the first key, or no key of their segment): o = 0 and
+    # a finite lse, whether their key loop was empty (m = -inf) or only masked (m = MASK_VALUE).
+    empty = l == 0.0
+    l = jnp.where(empty, 1.0, l)
+    lse = jnp.where(empty, MASK_VALUE, m + jnp.log(l))
+    return (acc / l[..., None]).astype(q_btkgh.dtype), lse
 
   o_nbkgqv, lse_nbkgq = lax.map(q_block, jnp.arange(nq))
   o_btkgv = jnp.transpose(o_nbkgqv, (1, 0, 4, 2, 3, 5)).reshape(b, nq * bq, kh, g, vd)[:, :t]
@@ -139,8 +153,8 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
       lse_i = lax.dynamic_slice_in_dim(lse_pad, i * bq, bq, axis=3)
       delta_i = lax.dynamic_slice_in_dim(delta_pad, i * bq, bq, axis=3)
       seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
-      mask = tile_mask(q_offset + i * bq + jnp.arange(bq), cols, seg_q, seg_k, causal=causal,
-                       seq_len=s_len)
+      mask = tile_mask(i * bq + jnp.arange(bq), cols, seg_q, seg_k, causal=causal, q_len=t,
+                       k_len=s_len, q_offset=q_offset)
       mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
       s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
                      preferred_element_type=jnp.float32) * sm_scale
@@ -155,7 +169,7 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
           dq_acc, lax.dynamic_slice_in_dim(dq_acc, i * bq, bq, axis=1) + dq_i, i * bq, axis=1)
       return dq_acc, dk_j, dv_j
 
-    lo = jnp.maximum(0, (j * bk - q_offset) // bq) if causal else 0
+    lo = jnp.clip((j * bk - q_offset) // bq, 0, nq) if causal else 0  # rows before j*bk: none
     inner = (dq_acc, jnp.zeros((b, bk, kh, h), jnp.float32), jnp.zeros((b, bk, kh, vd),
                                                                        jnp.float32))
     dq_acc, dk_j, dv_j = lax.fori_loop(lo, nq, q_step, inner)

@@ -8,6 +8,10 @@ v may differ from the QK width h (Motif GDA: h = 128, v = 256 = V1 ‖ V2, one s
 slabs). `segment_ids_bt` (ints) restricts attention to equal ids (packing); `causal` masks the
 future. Softmax, lse (natural log) and all accumulators are float32; o has the dtype of q.
 
+The t queries may be a chunk of a longer sequence against s != t keys (context parallelism):
+`q_offset` (an int or traced int32 scalar) is the key position of query row 0 and
+`segment_ids_k` the keys' ids. Rows that see no key get o = 0 and the finite lse MASK_VALUE.
+
 Implementations behind one API (`impl`):
   "pallas": Pallas-Triton kernels (forward; backward as a dq kernel and a dk/dv kernel that
             recompute probabilities from the saved lse). Interpreted on CPU (`interpret=None`).
@@ -62,17 +66,26 @@ class _Options:
 
 
 def flash_attention_reference(q_btkgh, k_bskh, v_bskv, segment_ids_bt=None, *, causal=True,
-                              sm_scale=None):
-  """Dense oracle: the [t, s] logits, float32 throughout; returns (o_btkgv, lse_btkg)."""
-  t = q_btkgh.shape[1]
+                              sm_scale=None, q_offset=None, segment_ids_k=None):
+  """Dense oracle: the [t, s] logits, float32 throughout; returns (o_btkgv, lse_btkg).
+
+  The mask is built from positions here (not with `tile_mask`): query i at q_offset + i, key j at
+  j. Rows that see no key get o = 0 and lse = MASK_VALUE, as in `flash_attention`.
+  """
+  t, s_len = q_btkgh.shape[1], k_bskh.shape[1]
   scale = q_btkgh.shape[-1] ** -0.5 if sm_scale is None else sm_scale
   s = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
                  preferred_element_type=jnp.float32) * scale
-  mask = bw.tile_mask(jnp.arange(t), jnp.arange(t), segment_ids_bt, segment_ids_bt,
-                      causal=causal, seq_len=t)
-  mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+  pos_q = (0 if q_offset is None else q_offset) + jnp.arange(t)
+  mask_bts = jnp.ones((1, t, s_len), bool)
+  if causal:
+    mask_bts = mask_bts & (pos_q[:, None] >= jnp.arange(s_len)[None, :])[None]
+  if segment_ids_bt is not None:
+    seg_k = segment_ids_bt if segment_ids_k is None else segment_ids_k
+    mask_bts = mask_bts & (segment_ids_bt[:, :, None] == seg_k[:, None, :])
+  mask = mask_bts[:, None, None]
   s = jnp.where(mask, s, bw.MASK_VALUE)
-  lse_bkgt = jax.nn.logsumexp(s, axis=-1)
+  lse_bkgt = jnp.where(mask.any(-1), jax.nn.logsumexp(s, axis=-1), bw.MASK_VALUE)
   p = jnp.where(mask, jnp.exp(s - lse_bkgt[..., None]), 0.0)
   o_btkgv = jnp.einsum("bkgts,bskv->btkgv", p, v_bskv.astype(jnp.float32))
   return o_btkgv.astype(q_btkgh.dtype), jnp.transpose(lse_bkgt, (0, 3, 1, 2))
@@ -96,35 +109,49 @@ def _load_segments(seg_ref, start, size, has_segments):
   return plgpu.load(seg_ref.at[pl.ds(start, size)], mask=idx < seg_ref.shape[0], other=-1)
 
 
-def _key_tile(k_ref, v_ref, seg_ref, rows, seg_q, j, *, causal, has_segments, seq_len,
-              block_k):
+def _key_tile(k_ref, v_ref, seg_k_ref, rows, seg_q, q_offset, j, *, causal, has_segments,
+              q_len, k_len, block_k):
   """Key tile j of a query tile's loop: (k, v, mask), rows past the end loaded as zeros."""
   cols = j * block_k + jnp.arange(block_k)
-  col_ok = (cols < seq_len)[:, None]
+  col_ok = (cols < k_len)[:, None]
   k = plgpu.load(k_ref.at[pl.ds(j * block_k, block_k), :], mask=col_ok, other=0.0)
   v = plgpu.load(v_ref.at[pl.ds(j * block_k, block_k), :], mask=col_ok, other=0.0)
-  seg_k = _load_segments(seg_ref, j * block_k, block_k, has_segments)
-  return k, v, bw.tile_mask(rows, cols, seg_q, seg_k, causal=causal, seq_len=seq_len)
+  seg_k = _load_segments(seg_k_ref, j * block_k, block_k, has_segments)
+  return k, v, bw.tile_mask(rows, cols, seg_q, seg_k, causal=causal, q_len=q_len, k_len=k_len,
+                            q_offset=q_offset)
 
 
-def _key_blocks(qi, *, causal, seq_len, block_q, block_k):
-  """Key tiles query tile qi visits: all of them, or (causal) up to its diagonal."""
-  num_k_blocks = pl.cdiv(seq_len, block_k)
+def _key_blocks(qi, q_offset, *, causal, q_len, k_len, block_q, block_k):
+  """Key tiles [0, n) query tile qi visits: all, or (causal) up to its last row's position."""
+  num_k_blocks = pl.cdiv(k_len, block_k)
   if causal:
-    num_k_blocks = jnp.minimum(num_k_blocks, lax.div((qi + 1) * block_q + block_k - 1, block_k))
+    last = q_offset + jnp.minimum((qi + 1) * block_q, q_len) - 1
+    # Tiles up to the one holding key `last`; none when last < 0 (div truncates toward 0).
+    num_k_blocks = jnp.clip(lax.div(last + block_k, block_k), 0, num_k_blocks)
   return num_k_blocks
 
 
-def _flash_attention_fwd_kernel(seg_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, causal,
-                                has_segments, sm_scale, seq_len, block_q, block_k):
-  num_q_blocks = pl.cdiv(seq_len, block_q)
-  qi = num_q_blocks - 1 - pl.program_id(0)  # heaviest causal blocks launch first
+def _query_tile(off_ref, seg_q_ref, k_ref, v_ref, seg_k_ref, *, causal, has_segments, q_len,
+                k_len, block_q, block_k):
+  """This program's query tile (heaviest causal tiles launch first): rows, row_ok, a key-tile
+  loader for `_key_tile` and the number of key tiles to visit."""
+  q_offset = off_ref[0]
+  qi = pl.cdiv(q_len, block_q) - 1 - pl.program_id(0)
   rows = qi * block_q + jnp.arange(block_q)
-  row_ok = rows < seq_len
+  seg_q = _load_segments(seg_q_ref, qi * block_q, block_q, has_segments)
+  key_tile = functools.partial(_key_tile, k_ref, v_ref, seg_k_ref, rows, seg_q, q_offset,
+                               causal=causal, has_segments=has_segments, q_len=q_len,
+                               k_len=k_len, block_k=block_k)
+  num_k_blocks = _key_blocks(qi, q_offset, causal=causal, q_len=q_len, k_len=k_len,
+                             block_q=block_q, block_k=block_k)
+  return rows < q_len, key_tile, num_k_blocks
+
+
+def _flash_attention_fwd_kernel(off_ref, seg_q_ref, seg_k_ref, q_ref, k_ref, v_ref, o_ref,
+                                lse_ref, *, sm_scale, **statics):
+  row_ok, key_tile, num_k_blocks = _query_tile(off_ref, seg_q_ref, k_ref, v_ref, seg_k_ref,
+                                               **statics)
   q = plgpu.load(q_ref, mask=row_ok[:, None], other=0.0)
-  seg_q = _load_segments(seg_ref, qi * block_q, block_q, has_segments)
-  key_tile = functools.partial(_key_tile, k_ref, v_ref, seg_ref, rows, seg_q, causal=causal,
-                               has_segments=has_segments, seq_len=seq_len, block_k=block_k)
 
   def body(j, carry):
     acc, m, l = carry
@@ -136,29 +163,26 @@ def _flash_attention_fwd_kernel(seg_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
     acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
     return acc, m_new, alpha * l + jnp.sum(p, axis=1)
 
-  num_k_blocks = _key_blocks(qi, causal=causal, seq_len=seq_len, block_q=block_q,
-                             block_k=block_k)
+  block_q = q.shape[0]
   init = (jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32),
           jnp.full((block_q,), -jnp.inf, jnp.float32), jnp.zeros((block_q,), jnp.float32))
   acc, m, l = lax.fori_loop(0, num_k_blocks, body, init)
-  l = jnp.where(l == 0.0, 1.0, l)  # only rows past the end are fully masked
+  # Rows that saw no key (past the end, before the first key, or no key of their segment): o = 0
+  # and lse = MASK_VALUE, whether their loop was empty (m = -inf) or only masked (m = MASK_VALUE).
+  empty = l == 0.0
+  l = jnp.where(empty, 1.0, l)
   plgpu.store(o_ref, (acc / l[:, None]).astype(o_ref.dtype), mask=row_ok[:, None])
-  plgpu.store(lse_ref, m + jnp.log(l), mask=row_ok)
+  plgpu.store(lse_ref, jnp.where(empty, bw.MASK_VALUE, m + jnp.log(l)), mask=row_ok)
 
 
-def _flash_attention_dq_kernel(seg_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
-                               *, causal, has_segments, sm_scale, seq_len, block_q, block_k):
-  num_q_blocks = pl.cdiv(seq_len, block_q)
-  qi = num_q_blocks - 1 - pl.program_id(0)
-  rows = qi * block_q + jnp.arange(block_q)
-  row_ok = rows < seq_len
+def _flash_attention_dq_kernel(off_ref, seg_q_ref, seg_k_ref, q_ref, k_ref, v_ref, do_ref,
+                               lse_ref, delta_ref, dq_ref, *, sm_scale, **statics):
+  row_ok, key_tile, num_k_blocks = _query_tile(off_ref, seg_q_ref, k_ref, v_ref, seg_k_ref,
+                                               **statics)
   q = plgpu.load(q_ref, mask=row_ok[:, None], other=0.0)
   do = plgpu.load(do_ref, mask=row_ok[:, None], other=0.0)
   lse = plgpu.load(lse_ref, mask=row_ok, other=0.0)
   delta = plgpu.load(delta_ref, mask=row_ok, other=0.0)
-  seg_q = _load_segments(seg_ref, qi * block_q, block_q, has_segments)
-  key_tile = functools.partial(_key_tile, k_ref, v_ref, seg_ref, rows, seg_q, causal=causal,
-                               has_segments=has_segments, seq_len=seq_len, block_k=block_k)
 
   def body(j, dq):
     k, v, mask = key_tile(j)
@@ -167,39 +191,46 @@ def _flash_attention_dq_kernel(seg_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, de
     ds = p * (_dot(do, v, trans_b=True) - delta[:, None])
     return dq + _dot(ds.astype(k.dtype), k)
 
-  num_k_blocks = _key_blocks(qi, causal=causal, seq_len=seq_len, block_q=block_q,
-                             block_k=block_k)
-  dq = lax.fori_loop(0, num_k_blocks, body, jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32))
+  dq = lax.fori_loop(0, num_k_blocks, body, jnp.zeros(q_ref.shape, jnp.float32))
   plgpu.store(dq_ref, (dq * sm_scale).astype(dq_ref.dtype), mask=row_ok[:, None])
 
 
-def _flash_attention_dkv_kernel(seg_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref,
-                                dv_ref, *, causal, has_segments, sm_scale, seq_len, block_q,
-                                block_k):
-  """One key tile of one KV head; loops over its g query heads and the query tiles after it."""
+def _flash_attention_dkv_kernel(off_ref, seg_q_ref, seg_k_ref, q_ref, k_ref, v_ref, do_ref,
+                                lse_ref, delta_ref, dk_ref, dv_ref, *, causal, has_segments,
+                                sm_scale, q_len, k_len, block_q, block_k):
+  """One key tile of one KV head; loops over its g query heads and the query tiles after it.
+
+  Program 0 holds the first key tile, which (causal) the most query tiles see.
+  """
+  q_offset = off_ref[0]
   kj = pl.program_id(0)
   cols = kj * block_k + jnp.arange(block_k)
-  col_ok = cols < seq_len
+  col_ok = cols < k_len
   k = plgpu.load(k_ref, mask=col_ok[:, None], other=0.0)
   v = plgpu.load(v_ref, mask=col_ok[:, None], other=0.0)
-  seg_k = _load_segments(seg_ref, kj * block_k, block_k, has_segments)
-  num_q_blocks = pl.cdiv(seq_len, block_q)
-  first_q_block = lax.div(kj * block_k, block_q) if causal else 0  # earlier rows can't see kj
+  seg_k = _load_segments(seg_k_ref, kj * block_k, block_k, has_segments)
+  num_q_blocks = pl.cdiv(q_len, block_q)
+  first_q_block = 0
+  if causal:  # query rows at positions before key kj * block_k can't see this tile
+    first_q_block = jnp.clip(lax.div(jnp.maximum(kj * block_k - q_offset, 0), block_q), 0,
+                             num_q_blocks)
   num_tiles = num_q_blocks - first_q_block
+  divisor = jnp.maximum(num_tiles, 1)  # no steps run when num_tiles == 0
 
   def body(step, carry):
     dk, dv = carry
-    gi = lax.div(step, num_tiles)  # group head, then query tile
-    i = first_q_block + lax.rem(step, num_tiles)
+    gi = lax.div(step, divisor)  # group head, then query tile
+    i = first_q_block + lax.rem(step, divisor)
     rows = i * block_q + jnp.arange(block_q)
-    row_ok = rows < seq_len
+    row_ok = rows < q_len
     tile = pl.ds(i * block_q, block_q)
     q = plgpu.load(q_ref.at[tile, gi, :], mask=row_ok[:, None], other=0.0)
     do = plgpu.load(do_ref.at[tile, gi, :], mask=row_ok[:, None], other=0.0)
     lse = plgpu.load(lse_ref.at[gi, tile], mask=row_ok, other=0.0)
     delta = plgpu.load(delta_ref.at[gi, tile], mask=row_ok, other=0.0)
-    seg_q = _load_segments(seg_ref, i * block_q, block_q, has_segments)
-    mask = bw.tile_mask(rows, cols, seg_q, seg_k, causal=causal, seq_len=seq_len)
+    seg_q = _load_segments(seg_q_ref, i * block_q, block_q, has_segments)
+    mask = bw.tile_mask(rows, cols, seg_q, seg_k, causal=causal, q_len=q_len, k_len=k_len,
+                        q_offset=q_offset)
     s = _dot(q, k, trans_b=True) * sm_scale
     p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
     dv = dv + _dot(p.astype(do.dtype), do, trans_a=True)
@@ -224,25 +255,28 @@ def _tile(block: int, t: int) -> int:
   return max(16, min(block, pl.next_power_of_2(t)))
 
 
-def _pallas_forward(q, k, v, seg_bt, opts: _Options):
+def _pallas_forward(q, k, v, seg_q, seg_k, offset, opts: _Options):
   b, t, kh, g, h = q.shape
-  vd = v.shape[-1]
+  s, vd = k.shape[1], v.shape[-1]
   bs = opts.block_sizes
-  bq, bk = _tile(bs.block_q, t), _tile(bs.block_k, t)
+  bq, bk = _tile(bs.block_q, t), _tile(bs.block_k, s)
   nq = pl.cdiv(t, bq)
   kernel = functools.partial(
-      _flash_attention_fwd_kernel, causal=opts.causal, has_segments=seg_bt is not None,
-      sm_scale=opts.sm_scale, seq_len=t, block_q=bq, block_k=bk)
-  seg_bt = jnp.zeros((b, t), jnp.int32) if seg_bt is None else seg_bt
+      _flash_attention_fwd_kernel, causal=opts.causal, has_segments=seg_q is not None,
+      sm_scale=opts.sm_scale, q_len=t, k_len=s, block_q=bq, block_k=bk)
+  seg_q, seg_k = _segment_operands(seg_q, seg_k, b, t, s)
+  whole_kv = lambda width: pl.BlockSpec(  # noqa: E731
+      (None, s, None, width), lambda i, bi, ki, gi: (bi, 0, ki, 0))
   return pl.pallas_call(
       kernel,
       grid=(nq, b, kh, g),
       in_specs=[
+          pl.BlockSpec((1,), lambda *_: (0,)),
           pl.BlockSpec((None, t), lambda i, bi, ki, gi: (bi, 0)),
+          pl.BlockSpec((None, s), lambda i, bi, ki, gi: (bi, 0)),
           pl.BlockSpec((None, bq, None, None, h),
                        lambda i, bi, ki, gi: (bi, nq - 1 - i, ki, gi, 0)),
-          pl.BlockSpec((None, t, None, h), lambda i, bi, ki, gi: (bi, 0, ki, 0)),
-          pl.BlockSpec((None, t, None, vd), lambda i, bi, ki, gi: (bi, 0, ki, 0)),
+          whole_kv(h), whole_kv(vd),
       ],
       out_specs=[
           pl.BlockSpec((None, bq, None, None, vd),
@@ -254,38 +288,48 @@ def _pallas_forward(q, k, v, seg_bt, opts: _Options):
       compiler_params=_compiler_params(bs, max(h, vd)),
       interpret=opts.interpret,
       name="flash_attention_fwd",
-  )(seg_bt, q, k, v)
+  )(offset.reshape(1), seg_q, seg_k, q, k, v)
 
 
-def _pallas_backward(q, k, v, seg_bt, lse_bkgt, do, delta_bkgt, opts: _Options):
+def _segment_operands(seg_q, seg_k, b, t, s):
+  """Kernels always take [b, t] and [b, s] ids; without segments they are unread zeros."""
+  if seg_q is None:
+    return jnp.zeros((b, t), jnp.int32), jnp.zeros((b, s), jnp.int32)
+  return seg_q, seg_k
+
+
+def _pallas_backward(q, k, v, seg_q, seg_k, offset, lse_bkgt, do, delta_bkgt, opts: _Options):
   b, t, kh, g, h = q.shape
-  vd = v.shape[-1]
+  s, vd = k.shape[1], v.shape[-1]
   bs = opts.block_sizes
-  statics = dict(causal=opts.causal, has_segments=seg_bt is not None, sm_scale=opts.sm_scale,
-                 seq_len=t)
-  seg_bt = jnp.zeros((b, t), jnp.int32) if seg_bt is None else seg_bt
+  statics = dict(causal=opts.causal, has_segments=seg_q is not None, sm_scale=opts.sm_scale,
+                 q_len=t, k_len=s)
+  seg_q, seg_k = _segment_operands(seg_q, seg_k, b, t, s)
   params = _compiler_params(bs, max(h, vd))
+  offset = offset.reshape(1)
 
-  bq, bk = _tile(bs.block_q_dq, t), _tile(bs.block_k_dq, t)
+  bq, bk = _tile(bs.block_q_dq, t), _tile(bs.block_k_dq, s)
   nq = pl.cdiv(t, bq)
   q_tile = lambda width: pl.BlockSpec(  # noqa: E731
       (None, bq, None, None, width), lambda i, bi, ki, gi: (bi, nq - 1 - i, ki, gi, 0))
   row_tile = pl.BlockSpec((None, None, None, bq), lambda i, bi, ki, gi: (bi, ki, gi, nq - 1 - i))
   whole_kv = lambda width: pl.BlockSpec(  # noqa: E731
-      (None, t, None, width), lambda i, bi, ki, gi: (bi, 0, ki, 0))
+      (None, s, None, width), lambda i, bi, ki, gi: (bi, 0, ki, 0))
   dq = pl.pallas_call(
       functools.partial(_flash_attention_dq_kernel, block_q=bq, block_k=bk, **statics),
       grid=(nq, b, kh, g),
-      in_specs=[pl.BlockSpec((None, t), lambda i, bi, ki, gi: (bi, 0)), q_tile(h), whole_kv(h),
+      in_specs=[pl.BlockSpec((1,), lambda *_: (0,)),
+                pl.BlockSpec((None, t), lambda i, bi, ki, gi: (bi, 0)),
+                pl.BlockSpec((None, s), lambda i, bi, ki, gi: (bi, 0)), q_tile(h), whole_kv(h),
                 whole_kv(vd), q_tile(vd), row_tile, row_tile],
       out_specs=q_tile(h),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       compiler_params=params,
       interpret=opts.interpret,
       name="flash_attention_dq",
-  )(seg_bt, q, k, v, do, lse_bkgt, delta_bkgt)
+  )(offset, seg_q, seg_k, q, k, v, do, lse_bkgt, delta_bkgt)
 
-  bq, bk = _tile(bs.block_q_dkv, t), _tile(bs.block_k_dkv, t)
+  bq, bk = _tile(bs.block_q_dkv, t), _tile(bs.block_k_dkv, s)
   whole_q = lambda width: pl.BlockSpec(  # noqa: E731
       (None, t, None, g, width), lambda j, bi, ki: (bi, 0, ki, 0, 0))
   whole_rows = pl.BlockSpec((None, None, g, t), lambda j, bi, ki: (bi, ki, 0, 0))
@@ -293,54 +337,61 @@ def _pallas_backward(q, k, v, seg_bt, lse_bkgt, do, delta_bkgt, opts: _Options):
       (None, bk, None, width), lambda j, bi, ki: (bi, j, ki, 0))
   dk, dv = pl.pallas_call(
       functools.partial(_flash_attention_dkv_kernel, block_q=bq, block_k=bk, **statics),
-      grid=(pl.cdiv(t, bk), b, kh),
-      in_specs=[pl.BlockSpec((None, t), lambda j, bi, ki: (bi, 0)), whole_q(h), kv_tile(h),
+      grid=(pl.cdiv(s, bk), b, kh),
+      in_specs=[pl.BlockSpec((1,), lambda *_: (0,)),
+                pl.BlockSpec((None, t), lambda j, bi, ki: (bi, 0)),
+                pl.BlockSpec((None, s), lambda j, bi, ki: (bi, 0)), whole_q(h), kv_tile(h),
                 kv_tile(vd), whole_q(vd), whole_rows, whole_rows],
       out_specs=[kv_tile(h), kv_tile(vd)],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       compiler_params=params,
       interpret=opts.interpret,
       name="flash_attention_dkv",
-  )(seg_bt, q, k, v, do, lse_bkgt, delta_bkgt)
+  )(offset, seg_q, seg_k, q, k, v, do, lse_bkgt, delta_bkgt)
   return dq, dk, dv
 
 
 # ---- custom_vjp over both implementations -----------------------------------------------------
 
-def _forward(q, k, v, seg_bt, opts: _Options):
+def _forward(q, k, v, seg_q, seg_k, offset, opts: _Options):
   if opts.impl == "pallas":
-    return _pallas_forward(q, k, v, seg_bt, opts)
+    return _pallas_forward(q, k, v, seg_q, seg_k, offset, opts)
   bs = opts.block_sizes
-  return bw.blockwise_forward(q, k, v, seg_bt, causal=opts.causal, sm_scale=opts.sm_scale,
-                              block_q=bs.xla_block_q, block_k=bs.xla_block_k)
+  return bw.blockwise_forward(q, k, v, seg_q, causal=opts.causal, sm_scale=opts.sm_scale,
+                              block_q=bs.xla_block_q, block_k=bs.xla_block_k, q_offset=offset,
+                              seg_k_bs=seg_k)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attention(q, k, v, seg_bt, opts: _Options):
-  o, lse_bkgt = _forward(q, k, v, seg_bt, opts)
+def _backward(q, k, v, seg_q, seg_k, offset, lse_bkgt, do, delta_bkgt, opts: _Options):
+  do = do.astype(q.dtype)
+  if opts.impl == "pallas":
+    return _pallas_backward(q, k, v, seg_q, seg_k, offset, lse_bkgt, do, delta_bkgt, opts)
+  bs = opts.block_sizes
+  return bw.blockwise_backward(
+      q, k, v, seg_q, lse_bkgt, do, delta_bkgt, causal=opts.causal, sm_scale=opts.sm_scale,
+      block_q=bs.xla_block_q, block_k=bs.xla_block_k, q_offset=offset, seg_k_bs=seg_k)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attention(q, k, v, seg_q, seg_k, offset, opts: _Options):
+  o, lse_bkgt = _forward(q, k, v, seg_q, seg_k, offset, opts)
   return o, jnp.transpose(lse_bkgt, (0, 3, 1, 2))
 
 
-def _attention_fwd(q, k, v, seg_bt, opts: _Options):
-  o, lse_bkgt = _forward(q, k, v, seg_bt, opts)
-  return (o, jnp.transpose(lse_bkgt, (0, 3, 1, 2))), (q, k, v, seg_bt, o, lse_bkgt)
+def _attention_fwd(q, k, v, seg_q, seg_k, offset, opts: _Options):
+  o, lse_bkgt = _forward(q, k, v, seg_q, seg_k, offset, opts)
+  return (o, jnp.transpose(lse_bkgt, (0, 3, 1, 2))), (q, k, v, seg_q, seg_k, offset, o, lse_bkgt)
 
 
 def _attention_bwd(opts: _Options, res, cotangents):
-  q, k, v, seg_bt, o, lse_bkgt = res
+  q, k, v, seg_q, seg_k, offset, o, lse_bkgt = res
   do, dlse_btkg = cotangents
   # d lse_i / d s_ij = p_ij, so the lse cotangent only shifts delta_i = sum_v(o_i * do_i).
+  # Fully masked rows have p = 0 everywhere, so their (constant) lse passes no gradient.
   delta_bkgt = jnp.einsum("btkgv,btkgv->bkgt", o.astype(jnp.float32), do.astype(jnp.float32))
   delta_bkgt = delta_bkgt - jnp.transpose(dlse_btkg, (0, 2, 3, 1))
-  do = do.astype(q.dtype)
-  if opts.impl == "pallas":
-    dq, dk, dv = _pallas_backward(q, k, v, seg_bt, lse_bkgt, do, delta_bkgt, opts)
-  else:
-    bs = opts.block_sizes
-    dq, dk, dv = bw.blockwise_backward(
-        q, k, v, seg_bt, lse_bkgt, do, delta_bkgt, causal=opts.causal, sm_scale=opts.sm_scale,
-        block_q=bs.xla_block_q, block_k=bs.xla_block_k)
-  return dq, dk, dv, None
+  dq, dk, dv = _backward(q, k, v, seg_q, seg_k, offset, lse_bkgt, do, delta_bkgt, opts)
+  return dq, dk, dv, None, None, None  # ids and the int32 offset: no cotangent
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -353,20 +404,31 @@ def resolve_interpret(interpret: bool | None) -> bool:
   return jax.default_backend() == "cpu" if interpret is None else interpret
 
 
-def _check_shapes(q, k, v, segment_ids, impl, block_sizes):
+def check_inputs(q, k, v, seg_q, seg_k, q_offset, impl, block_sizes):
   if impl not in IMPLS:
     raise ValueError(f"{impl=} must be one of {IMPLS}")
   if q.ndim != 5 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(f"expected q [b, t, k, g, h], k [b, s, k, h], v [b, s, k, v]; got "
                      f"{q.shape=}, {k.shape=}, {v.shape=}")
   b, t, kh, _, h = q.shape
-  if k.shape[:3] != (b, t, kh) or v.shape[:3] != (b, t, kh) or k.shape[3] != h:
-    raise ValueError(f"k/v must be [b={b}, s=t={t}, k={kh}, ·] with k head dim {h}: "
+  s = k.shape[1]
+  if k.shape[::2] != (b, kh) or v.shape[:3] != (b, s, kh) or k.shape[3] != h:
+    raise ValueError(f"k/v must be [b={b}, s, k={kh}, ·] with one s and k head dim {h}: "
                      f"{q.shape=}, {k.shape=}, {v.shape=}")
   if not q.dtype == k.dtype == v.dtype:
     raise ValueError(f"q, k, v dtypes differ: {q.dtype=}, {k.dtype=}, {v.dtype=}")
-  if segment_ids is not None and segment_ids.shape != (b, t):
-    raise ValueError(f"{segment_ids.shape=} must be (b, t) = {(b, t)}")
+  if seg_q is not None and seg_q.shape != (b, t):
+    raise ValueError(f"segment_ids.shape={seg_q.shape} must be (b, t) = {(b, t)}")
+  if seg_k is not None and (seg_q is None or seg_k.shape != (b, s)):
+    raise ValueError(f"segment_ids_k (shape {seg_k.shape}) must be (b, s) = {(b, s)} and come "
+                     f"with query segment_ids (given: {seg_q is not None})")
+  if seg_q is not None and seg_k is None and s != t:
+    raise ValueError(f"keys and queries differ in length ({s=}, {t=}): pass the keys' "
+                     f"segment_ids_k [b, s] along with segment_ids [b, t]")
+  if q_offset is not None and (jnp.ndim(q_offset) != 0 or
+                               not jnp.issubdtype(jnp.result_type(q_offset), jnp.integer)):
+    raise ValueError(f"q_offset must be an integer scalar, got shape {jnp.shape(q_offset)} "
+                     f"dtype {jnp.result_type(q_offset)}")
   if impl == "pallas":
     for name, width in (("head_dim", h), ("value_dim", v.shape[3])):
       if width < 16 or width & (width - 1):
@@ -380,49 +442,92 @@ def _check_shapes(q, k, v, segment_ids, impl, block_sizes):
 @functools.partial(jax.jit, static_argnames=("causal", "sm_scale", "impl", "block_sizes",
                                              "interpret"))
 def flash_attention(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
-                    segment_ids_bt: jax.Array | None = None, *, causal: bool = True,
+                    segment_ids_bt: jax.Array | None = None, *,
+                    q_offset: int | jax.Array | None = None,
+                    segment_ids_k: jax.Array | None = None, causal: bool = True,
                     sm_scale: float | None = None, impl: str = "pallas",
                     block_sizes: BlockSizes = BlockSizes(),
                     interpret: bool | None = None) -> tuple[jax.Array, jax.Array]:
   """softmax(q kᵀ · sm_scale + mask) v per query head; returns (o_btkgv, lse_btkg float32).
 
+  Query row i sits at position q_offset + i of the key sequence (key j at position j), so the t
+  queries may be a chunk of a longer sequence attending to s != t keys (context parallelism).
+  Query i may see key j when segment_ids_bt[i] == segment_ids_k[j] and (causal) q_offset + i >= j.
+
+  Rows that see no key (q_offset + i < 0, or no key of their segment) return o = 0 and
+  lse = MASK_VALUE (finite, about -2.4e38; never -inf), and pass no gradient. To merge partial
+  results over disjoint key ranges, lse = logaddexp(lse_a, lse_b) and
+  o = exp(lse_a - lse) o_a + exp(lse_b - lse) o_b: a masked part gets weight exp(MASK_VALUE - lse)
+  = 0, and two masked parts give weights 1/2 each on o = 0 (with -inf it would be 0/0 = NaN).
+
   Args:
+    q_offset: position of query row 0 among the keys; None means 0. An int or a traced int32
+      scalar (one compile serves every offset); negative or past s is fine. Only the causal mask
+      uses it.
+    segment_ids_k: the keys' segment ids [b, s]; None means segment_ids_bt (needs s == t).
     sm_scale: logit scale; None means h ** -0.5.
     impl: "pallas" (Triton kernels; interpreted on CPU) or "xla" (blockwise, any backend).
     interpret: pallas only; None resolves to True on CPU.
   """
-  _check_shapes(q_btkgh, k_bskh, v_bskv, segment_ids_bt, impl, block_sizes)
+  check_inputs(q_btkgh, k_bskh, v_bskv, segment_ids_bt, segment_ids_k, q_offset, impl,
+                block_sizes)
   opts = _Options(impl=impl, causal=causal,
                   sm_scale=float(q_btkgh.shape[-1] ** -0.5 if sm_scale is None else sm_scale),
                   block_sizes=block_sizes, interpret=resolve_interpret(interpret))
-  seg_bt = None if segment_ids_bt is None else segment_ids_bt.astype(jnp.int32)
-  return _attention(q_btkgh, k_bskh, v_bskv, seg_bt, opts)
+  seg_q = None if segment_ids_bt is None else segment_ids_bt.astype(jnp.int32)
+  seg_k = seg_q if segment_ids_k is None else segment_ids_k.astype(jnp.int32)
+  offset = jnp.asarray(0 if q_offset is None else q_offset, jnp.int32)
+  return _attention(q_btkgh, k_bskh, v_bskv, seg_q, seg_k, offset, opts)
+
+
+def attention_passes(*, impl: str = "pallas", sm_scale: float, causal: bool = True,
+                     block_sizes: BlockSizes = BlockSizes(), interpret: bool | None = None):
+  """(forward, backward) of one query chunk, for callers that combine chunks themselves.
+
+    o_btkgv, lse_bkgt = forward(q, k, v, seg_q, seg_k, q_offset)
+    dq, dk, dv = backward(q, k, v, seg_q, seg_k, q_offset, lse_bkgt, do, delta_bkgt)
+
+  The same kernels as `flash_attention` without its custom VJP: ring attention
+  (motif_jax.parallel.context) merges partial (o, lse) over key blocks and runs each block's
+  backward with the *final* lse and delta_bkgt = rowsum(o * do). Inputs are not validated here;
+  q_offset is an int32 scalar (may be traced), segment ids int32 or None.
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"{impl=} must be one of {IMPLS}")
+  opts = _Options(impl=impl, causal=causal, sm_scale=float(sm_scale), block_sizes=block_sizes,
+                  interpret=resolve_interpret(interpret))
+  return functools.partial(_forward, opts=opts), functools.partial(_backward, opts=opts)
 
 
 # ---- Helpers for memory / lowering checks and benchmarks --------------------------------------
 
 def abstract_inputs(*, batch: int = 1, seq_len: int, kv_heads: int = 8, group: int = 4,
                     head_dim: int = 128, value_dim: int = 256, dtype=jnp.bfloat16,
-                    segments: bool = True):
-  """ShapeDtypeStructs (q, k, v, segment_ids); the defaults are Motif's signal attention."""
+                    segments: bool = True, kv_seq_len: int | None = None):
+  """ShapeDtypeStructs (q, k, v, segment_ids); the defaults are Motif's signal attention.
+
+  kv_seq_len: key length s when it differs from the query length (a query chunk).
+  """
   sds = jax.ShapeDtypeStruct
+  s = seq_len if kv_seq_len is None else kv_seq_len
   return (sds((batch, seq_len, kv_heads, group, head_dim), dtype),
-          sds((batch, seq_len, kv_heads, head_dim), dtype),
-          sds((batch, seq_len, kv_heads, value_dim), dtype),
+          sds((batch, s, kv_heads, head_dim), dtype),
+          sds((batch, s, kv_heads, value_dim), dtype),
           sds((batch, seq_len), jnp.int32) if segments else None)
 
 
 def loss_and_grads(impl: str = "pallas", *, block_sizes: BlockSizes = BlockSizes(),
                    interpret: bool | None = None):
-  """f(q, k, v, seg) -> (sum(o), (dq, dk, dv)): one forward + backward, for AOT or timing.
+  """f(q, k, v, seg[, q_offset, seg_k]) -> (sum(o), (dq, dk, dv)): one forward + backward, for
+  AOT or timing; the optional arguments are `flash_attention`'s q_offset and segment_ids_k.
 
   impl: "pallas" | "xla" | "reference".
   """
-  def loss(q, k, v, seg):
+  def loss(q, k, v, seg, q_offset=None, seg_k=None):
     if impl == "reference":
-      o, _ = flash_attention_reference(q, k, v, seg)
+      o, _ = flash_attention_reference(q, k, v, seg, q_offset=q_offset, segment_ids_k=seg_k)
     else:
-      o, _ = flash_attention(q, k, v, seg, impl=impl, block_sizes=block_sizes,
-                             interpret=interpret)
+      o, _ = flash_attention(q, k, v, seg, q_offset=q_offset, segment_ids_k=seg_k, impl=impl,
+                             block_sizes=block_sizes, interpret=interpret)
     return jnp.sum(o.astype(jnp.float32))
   return jax.value_and_grad(loss, argnums=(0, 1, 2))

@@ -22,6 +22,14 @@ Implementations behind `fused_cross_entropy(..., impl=)`:
   "reference"  full logits, autodiff (the oracle; O(T·V) memory)
   "xla"        chunked lax loops (the CPU and fallback path)
   "pallas"     Pallas/Triton kernels for the tile work (interpret mode on CPU)
+
+Vocab-parallel building blocks (the same chunk functions, for a caller that holds one slice
+W[:, v0:v0+V_k] and combines slices itself, e.g. `motif_jax.parallel.loss`):
+  `vocab_slice_stats`  per-token (lse_k, z_label_k, entropy_k) of the softmax over the slice;
+                       they combine as lse = logsumexp_k lse_k, z[label] = sum_k z_label_k,
+                       entropy = sum_k exp(lse_k - lse) (entropy_k + lse - lse_k).
+  `vocab_slice_grads`  the slice's (dh, dW) given the *global* lse and entropy: dz above on the
+                       slice's columns only; dh sums over slices, dW over token shards.
 """
 
 from __future__ import annotations
@@ -57,7 +65,8 @@ def default_interpret() -> bool:
 
 # ---- Reference ---------------------------------------------------------------------------------
 
-def _effective_mask(labels_t, mask_t, vocab):
+def effective_mask(labels_t, mask_t, vocab):
+  """(float32 mask that also drops labels outside [0, vocab), labels clipped into range)."""
   valid = (labels_t >= 0) & (labels_t < vocab)
   mask = valid if mask_t is None else valid & (mask_t > 0)
   return mask.astype(jnp.float32), jnp.clip(labels_t, 0, vocab - 1)
@@ -66,7 +75,7 @@ def _effective_mask(labels_t, mask_t, vocab):
 def fused_cross_entropy_reference(h_td, w_dv, labels_t, mask_t=None, *, temperature=1.0,
                                   z_loss=0.0):
   """Plain jnp with full float32 logits: (loss_t, entropy_t)."""
-  m_t, labels_t = _effective_mask(labels_t, mask_t, w_dv.shape[1])
+  m_t, labels_t = effective_mask(labels_t, mask_t, w_dv.shape[1])
   z_tv = jnp.dot(h_td, w_dv, preferred_element_type=jnp.float32) / temperature
   lse_t = jax.nn.logsumexp(z_tv, axis=-1)
   z_label_t = jnp.take_along_axis(z_tv, labels_t[:, None], axis=-1)[:, 0]
@@ -188,9 +197,11 @@ def _xla_dw_chunk(h_td, w_dc, labels_t, coef, *, temperature, chunk_t):
   return dw_dc
 
 
-def _xla_fused_backward(h_td, w_dv, labels_t, coef, *, temperature, chunk_t, chunk_v):
+def _xla_fused_backward(h_td, w_dv, labels_t, coef, *, temperature, chunk_t, chunk_v,
+                        out_dtype=None):
   """One backward pass: dz per tile feeds both dh (chunk accumulator) and a float32 dW."""
   (tokens, _), vocab = h_td.shape, w_dv.shape[1]
+  dh_dtype, dw_dtype = out_dtype or h_td.dtype, out_dtype or w_dv.dtype
   ct, cv = min(chunk_t, tokens), min(chunk_v, vocab)
 
   def token_step(i, carry):
@@ -210,11 +221,11 @@ def _xla_fused_backward(h_td, w_dv, labels_t, coef, *, temperature, chunk_t, chu
 
     (dh_cd, dw_dv), _ = lax.scan(vocab_step, (jnp.zeros(h_cd.shape, jnp.float32), dw_dv),
                                  jnp.arange(pl.cdiv(vocab, cv)))
-    return lax.dynamic_update_slice_in_dim(dh_td, dh_cd.astype(h_td.dtype), t0, 0), dw_dv
+    return lax.dynamic_update_slice_in_dim(dh_td, dh_cd.astype(dh_dtype), t0, 0), dw_dv
 
   dh_td, dw_dv = lax.fori_loop(0, pl.cdiv(tokens, ct), token_step,
-                               (jnp.zeros_like(h_td), jnp.zeros(w_dv.shape, jnp.float32)))
-  return dh_td, dw_dv.astype(w_dv.dtype)
+                               (jnp.zeros_like(h_td, dh_dtype), jnp.zeros(w_dv.shape, jnp.float32)))
+  return dh_td, dw_dv.astype(dw_dtype)
 
 
 # ---- Pallas kernels ----------------------------------------------------------------------------
@@ -407,24 +418,71 @@ def _forward_stats(h_td, w_dv, labels_t, fwd_chunk, chunk_t):
   return tuple(jnp.concatenate([x[:-1].reshape(-1), x[-1, overlap:]]) for x in stacked)
 
 
-def _backward(h_td, w_dv, labels_t, coef, dh_chunk, dw_chunk, chunk_t, chunk_v):
+def _backward(h_td, w_dv, labels_t, coef, dh_chunk, dw_chunk, chunk_t, chunk_v, out_dtype=None):
   tokens, vocab = h_td.shape[0], w_dv.shape[1]
   ct, cv = min(chunk_t, tokens), min(chunk_v, vocab)
+  dh_dtype, dw_dtype = out_dtype or h_td.dtype, out_dtype or w_dv.dtype
 
   def dh_step(i, dh_td):  # rows of overlapping chunks are recomputed identically
     t0 = _clamped_start(i, ct, tokens)
     rows = lambda x: lax.dynamic_slice_in_dim(x, t0, ct, 0)  # noqa: E731
     dh_cd = dh_chunk(_slice(h_td, t0, ct, 0), w_dv, rows(labels_t), tuple(rows(c) for c in coef))
-    return lax.dynamic_update_slice_in_dim(dh_td, dh_cd.astype(h_td.dtype), t0, 0)
+    return lax.dynamic_update_slice_in_dim(dh_td, dh_cd.astype(dh_dtype), t0, 0)
 
   def dw_step(j, dw_dv):  # columns of overlapping chunks are recomputed identically
     v0 = _clamped_start(j, cv, vocab)
     dw_dc = dw_chunk(h_td, _slice(w_dv, v0, cv, 1), labels_t - v0, coef)
-    return lax.dynamic_update_slice_in_dim(dw_dv, dw_dc.astype(w_dv.dtype), v0, 1)
+    return lax.dynamic_update_slice_in_dim(dw_dv, dw_dc.astype(dw_dtype), v0, 1)
 
-  dh_td = lax.fori_loop(0, pl.cdiv(tokens, ct), dh_step, jnp.zeros_like(h_td))
-  dw_dv = lax.fori_loop(0, pl.cdiv(vocab, cv), dw_step, jnp.zeros_like(w_dv))
+  dh_td = lax.fori_loop(0, pl.cdiv(tokens, ct), dh_step, jnp.zeros_like(h_td, dh_dtype))
+  dw_dv = lax.fori_loop(0, pl.cdiv(vocab, cv), dw_step, jnp.zeros_like(w_dv, dw_dtype))
   return dh_td, dw_dv
+
+
+def _check_slice_impl(impl):
+  if impl not in ("xla", "pallas"):
+    raise ValueError(f"{impl=}: vocab-slice statistics exist for 'xla' and 'pallas' only")
+
+
+def vocab_slice_stats(h_td, w_dv, labels_t, *, temperature: float = 1.0, impl: str = "xla",
+                      block_sizes: BlockSizes = BlockSizes(), interpret: bool | None = None):
+  """Per-token float32 (lse_t, z_label_t, entropy_t) of softmax(h @ W / temperature) over W's
+  columns only. No VJP of its own: gradients come from `vocab_slice_grads`.
+
+  For a vocab slice W[:, v0:v0+V_k], pass labels relative to v0: a label outside [0, V_k)
+  gives z_label 0. The module docstring gives how slices combine.
+  """
+  _check_slice_impl(impl)
+  interpret = default_interpret() if interpret is None else interpret
+  fwd_chunk, _, _ = _chunk_fns(impl, temperature, block_sizes, interpret)
+  return _forward_stats(h_td, w_dv, labels_t, fwd_chunk, block_sizes.chunk_t)
+
+
+def vocab_slice_grads(h_td, w_dv, labels_t, m_t, lse_t, ent_t, g_loss_t, g_ent_t, *,
+                      temperature: float = 1.0, z_loss: float = 0.0, impl: str = "xla",
+                      block_sizes: BlockSizes = BlockSizes(), interpret: bool | None = None,
+                      out_dtype=None):
+  """(dh_td, dw_dv) of sum(g_loss * loss + g_ent * entropy) through the logits of W's columns.
+
+  Args:
+    labels_t: relative to the slice's first column, as in `vocab_slice_stats`; labels outside
+      [0, V_k) get no one-hot term here (their slice holds it).
+    m_t: float32 token mask (`effective_mask` of the global labels).
+    lse_t, ent_t: the *global* (whole-vocabulary) lse and unmasked entropy per token.
+    out_dtype: dtype of both gradients (default: h's and W's). Float32 when partial gradients
+      are summed afterwards (dh over vocab slices, dW over token shards).
+  """
+  _check_slice_impl(impl)
+  interpret = default_interpret() if interpret is None else interpret
+  b_t = m_t * g_loss_t
+  coef = (lse_t, ent_t, b_t * (1.0 + 2.0 * z_loss * lse_t), b_t, m_t * g_ent_t)
+  bs = block_sizes
+  if impl == "xla" and 4 * w_dv.size <= bs.fused_backward_bytes:
+    return _xla_fused_backward(h_td, w_dv, labels_t, coef, temperature=temperature,
+                               chunk_t=bs.chunk_t, chunk_v=bs.chunk_v, out_dtype=out_dtype)
+  _, dh_chunk, dw_chunk = _chunk_fns(impl, temperature, bs, interpret)
+  return _backward(h_td, w_dv, labels_t, coef, dh_chunk, dw_chunk, bs.chunk_t, bs.chunk_v,
+                   out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
@@ -434,24 +492,17 @@ def _fused(h_td, w_dv, labels_t, m_t, temperature, z_loss, impl, bs, interpret):
 
 
 def _fused_fwd(h_td, w_dv, labels_t, m_t, temperature, z_loss, impl, bs, interpret):
-  fwd_chunk, _, _ = _chunk_fns(impl, temperature, bs, interpret)
-  lse_t, z_label_t, ent_t = _forward_stats(h_td, w_dv, labels_t, fwd_chunk, bs.chunk_t)
+  lse_t, z_label_t, ent_t = vocab_slice_stats(h_td, w_dv, labels_t, temperature=temperature,
+                                              impl=impl, block_sizes=bs, interpret=interpret)
   loss_t = m_t * (lse_t - z_label_t + z_loss * lse_t ** 2)
   return (loss_t, m_t * ent_t), (h_td, w_dv, labels_t, m_t, lse_t, ent_t)
 
 
 def _fused_bwd(temperature, z_loss, impl, bs, interpret, residuals, cotangents):
   h_td, w_dv, labels_t, m_t, lse_t, ent_t = residuals
-  g_loss_t, g_ent_t = cotangents
-  b_t = m_t * g_loss_t
-  coef = (lse_t, ent_t, b_t * (1.0 + 2.0 * z_loss * lse_t), b_t, m_t * g_ent_t)
-  if impl == "xla" and 4 * w_dv.size <= bs.fused_backward_bytes:
-    dh_td, dw_dv = _xla_fused_backward(h_td, w_dv, labels_t, coef, temperature=temperature,
-                                       chunk_t=bs.chunk_t, chunk_v=bs.chunk_v)
-    return dh_td, dw_dv, None, None
-  _, dh_chunk, dw_chunk = _chunk_fns(impl, temperature, bs, interpret)
-  dh_td, dw_dv = _backward(h_td, w_dv, labels_t, coef, dh_chunk, dw_chunk, bs.chunk_t,
-                           bs.chunk_v)
+  dh_td, dw_dv = vocab_slice_grads(h_td, w_dv, labels_t, m_t, lse_t, ent_t, *cotangents,
+                                   temperature=temperature, z_loss=z_loss, impl=impl,
+                                   block_sizes=bs, interpret=interpret)
   return dh_td, dw_dv, None, None
 
 
@@ -480,7 +531,7 @@ def fused_cross_entropy(h_td, w_dv, labels_t, mask_t=None, *, temperature: float
   if impl == "reference":
     return fused_cross_entropy_reference(h_td, w_dv, labels_t, mask_t, temperature=temperature,
                                          z_loss=z_loss)
-  m_t, labels_t = _effective_mask(labels_t, mask_t, w_dv.shape[1])
+  m_t, labels_t = effective_mask(labels_t, mask_t, w_dv.shape[1])
   interpret = default_interpret() if interpret is None else interpret
   return _fused(h_td, w_dv, labels_t.astype(jnp.int32), m_t, float(temperature), float(z_loss),
                 impl, block_sizes, interpret)

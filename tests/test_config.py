@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from configs import common, motif2_12b, tiny
+from motif_jax import checkpoint
 from motif_jax.model import ModelConfig
 
 
@@ -36,6 +37,7 @@ def test_lambda_init_uses_motif_zero_based_convention():
     ("remat", "some", r"model\.remat='some' must be one of"),
     ("dtype", "float8", r"model\.dtype='float8' must be one of"),
     ("rms_norm_eps", 0.0, r"model\.rms_norm_eps=0.0 must be positive"),
+    ("context_parallel", "tree", r"model\.context_parallel='tree' must be one of"),
 ])
 def test_invalid_model_fields_are_named(field, value, match):
   config = motif2_12b.get_config()
@@ -78,3 +80,18 @@ def test_parse_arg_variants():
                                         (motif2_12b, None), (motif2_12b, "smoke")])
 def test_every_variant_converts(module, arg):
   ModelConfig.from_config_dict(module.get_config(arg).model)
+
+
+def test_saved_configs_without_a_newer_runtime_field_load_with_its_default():
+  cfg = ModelConfig.from_config_dict(tiny.get_config().model)
+  ring = dataclasses.replace(cfg, context_parallel="ring", remat="full")
+  assert checkpoint.config_from_json(checkpoint.config_to_json(ring)) == ring
+  old = checkpoint.config_to_json(cfg).replace('  "context_parallel": "allgather",\n', "")
+  assert "context_parallel" not in old
+  assert checkpoint.config_from_json(old) == cfg
+  # Runtime fields do not change what the weights are; architecture fields do.
+  assert ring.architecture() == cfg.architecture()
+  assert dataclasses.replace(cfg, d_ff=cfg.d_ff * 2).architecture() != cfg.architecture()
+  missing_arch = checkpoint.config_to_json(cfg).replace('  "d_ff": %d,\n' % cfg.d_ff, "")
+  with pytest.raises(ValueError, match=r"missing model config fields: model\.d_ff"):
+    checkpoint.config_from_json(missing_arch)

@@ -42,9 +42,16 @@ ATTN_MESHES = [dict(sequence=2), dict(fsdp=2, sequence=4), dict(fsdp=2, tensor=2
                dict(sequence=8)]
 
 
-@pytest.mark.parametrize("mesh_shape", ATTN_MESHES, ids=lambda m: ",".join(
-    f"{k}={v}" for k, v in m.items()))
-def test_context_attention_matches_dense_reference(mesh_shape):
+def _attention_case_ids(case):
+  return case if isinstance(case, str) else ",".join(f"{k}={v}" for k, v in case.items())
+
+
+ATTN_CASES = ([(m, method, "xla") for m in ATTN_MESHES for method in ("allgather", "ring")] +
+              [(dict(sequence=4), method, "pallas") for method in ("allgather", "ring")])
+
+
+@pytest.mark.parametrize("mesh_shape,method,impl", ATTN_CASES, ids=_attention_case_ids)
+def test_context_attention_matches_dense_reference(mesh_shape, method, impl):
   b, t, k, g, h, v = 2, 64, 4, 3, 16, 32
   keys = jax.random.split(jax.random.key(0), 4)
   q = jax.random.normal(keys[0], (b, t, k, g, h))
@@ -64,7 +71,8 @@ def test_context_attention_matches_dense_reference(mesh_shape):
 
     def cp(q, kk, vv):
       z = lambda x: context.to_zigzag(x, n)  # noqa: E731
-      o = context.context_attend(z(q), z(kk), z(vv), z(seg), rules=rules,
+      o = context.context_attend(z(q), z(kk), z(vv), z(seg), rules=rules, method=method,
+                                 impl=impl,
                                  block_sizes=fa.BlockSizes(xla_block_q=4, xla_block_k=8))
       return context.from_zigzag(o, n)
 
@@ -74,8 +82,9 @@ def test_context_attention_matches_dense_reference(mesh_shape):
     np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-5)
 
 
-MODEL_MESHES = [dict(fsdp=2, sequence=4), dict(tensor=2, sequence=4), dict(sequence=8),
-                dict(fsdp=2, tensor=2, sequence=2)]
+MODEL_MESHES = [(dict(fsdp=2, sequence=4), "allgather"), (dict(tensor=2, sequence=4), "allgather"),
+                (dict(sequence=8), "allgather"), (dict(fsdp=2, tensor=2, sequence=2), "allgather"),
+                (dict(fsdp=2, sequence=4), "ring"), (dict(tensor=2, sequence=2), "ring")]
 
 
 def _batch(cfg, b, t):
@@ -86,12 +95,12 @@ def _batch(cfg, b, t):
           "loss_mask": (jnp.arange(t) % 3 != 0).astype(jnp.int32)[None].repeat(b, 0)}
 
 
-@pytest.mark.parametrize("mesh_shape", MODEL_MESHES, ids=lambda m: ",".join(
-    f"{k}={v}" for k, v in m.items()))
-def test_model_loss_and_grads_with_context_parallelism_equal_single_device(mesh_shape):
+@pytest.mark.parametrize("mesh_shape,method", MODEL_MESHES, ids=lambda m: m if isinstance(
+    m, str) else ",".join(f"{k}={v}" for k, v in m.items()))
+def test_model_loss_and_grads_with_context_parallelism_equal_single_device(mesh_shape, method):
   # gda attention + PolyNorm (whose RMS spans the tensor-sharded ffw axis) + the fused loss.
   embed = ("fsdp", "sequence") if mesh_shape == dict(sequence=8) else "fsdp"
-  cfg = SFTConfig(tiny_config(remat="full",
+  cfg = SFTConfig(tiny_config(remat="full", context_parallel=method,
                               sharding=shd.ShardingRules(embed=embed)))
   params = random_params(cfg.model)
   batch = _batch(cfg.model, 2, 32)
@@ -108,7 +117,10 @@ def test_model_loss_and_grads_with_context_parallelism_equal_single_device(mesh_
     lowered = jax.jit(grad_fn, static_argnums=2).lower(params, batch, cfg).as_text()
   if embed != "fsdp":  # sequence=8: the weights, too, are split over the 8 sequence ranks
     assert grads["layers"]["mlp"]["w_up"].addressable_shards[0].data.shape[1] == 128 // 8
-  assert "all-gather" in lowered or "all_gather" in lowered  # the K/V gather of shard_map
+  if method == "allgather":  # the K/V gather of shard_map
+    assert "all-gather" in lowered or "all_gather" in lowered
+  else:  # K/V blocks travel between neighbours
+    assert "collective-permute" in lowered or "collective_permute" in lowered
   np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
   for (path, g), g_ref in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
                               jax.tree.leaves(grads_ref)):

@@ -1,9 +1,11 @@
 """pallas_kernels.flash_attention: Pallas (interpreted) and XLA blockwise paths vs the dense
-reference, values and gradients; segment isolation; the model's attention_impl dispatch; memory
-shape and Triton lowering for CUDA without a GPU."""
+reference, values and gradients; segment isolation; query chunks against longer key ranges at a
+causal offset (context parallelism); the model's attention_impl dispatch; memory shape and Triton
+lowering for CUDA without a GPU."""
 
 import dataclasses
 import functools
+import itertools
 import re
 
 import jax
@@ -14,6 +16,7 @@ import pytest
 from model_helpers import random_params, random_tokens, tiny_config
 from motif_jax.model import ModelConfig, forward_logits
 from motif_jax.model import attention as model_attention
+from pallas_kernels import blockwise_attention as bw
 from pallas_kernels import flash_attention as fa
 
 # 16-token tiles: the short test sequences span several tiles with a ragged last one.
@@ -116,6 +119,116 @@ def test_shape_errors_name_the_offending_values():
     fa.flash_attention(q, k, v, impl="pallas", block_sizes=fa.BlockSizes(block_q=24))
   with pytest.raises(ValueError, match="segment_ids.shape"):
     fa.flash_attention(q, k, v, jnp.zeros((1, 7), jnp.int32), impl="xla")
+  seg = jnp.zeros((1, 8), jnp.int32)
+  k2, v2 = jnp.concatenate([k, k], axis=1), jnp.concatenate([v, v], axis=1)  # s = 16 != t = 8
+  with pytest.raises(ValueError, match=r"s=16, t=8.*segment_ids_k"):
+    fa.flash_attention(q, k2, v2, seg, impl="xla")
+  with pytest.raises(ValueError, match=r"segment_ids_k \(shape \(1, 8\)\) must be .* \(1, 16\)"):
+    fa.flash_attention(q, k2, v2, seg, segment_ids_k=seg, impl="xla")
+  with pytest.raises(ValueError, match=r"q_offset must be an integer scalar, got shape \(1,\)"):
+    fa.flash_attention(q, k2, v2, q_offset=jnp.zeros((1,), jnp.int32), impl="xla")
+  with pytest.raises(ValueError, match="q_offset must be an integer scalar.*float32"):
+    fa.flash_attention(q, k2, v2, q_offset=jnp.float32(1.0), impl="xla")
+
+
+# ---- A query chunk against a longer key range at a causal offset (context parallelism) --------
+
+def _chunk_vjp(impl, block_sizes=SMALL):
+  """jit(q, k, v, seg_q, seg_k, q_offset, do, dlse) -> (o, lse, dq, dk, dv); q_offset is traced."""
+  def run(q, k, v, seg_q, seg_k, q_offset, do, dlse):
+    def attend(q, k, v):
+      if impl == "reference":
+        return fa.flash_attention_reference(q, k, v, seg_q, q_offset=q_offset,
+                                            segment_ids_k=seg_k)
+      return fa.flash_attention(q, k, v, seg_q, q_offset=q_offset, segment_ids_k=seg_k,
+                                impl=impl, block_sizes=block_sizes)
+    (o, lse), vjp = jax.vjp(attend, q, k, v)
+    return (o, lse, *vjp((do.astype(o.dtype), dlse)))
+  return jax.jit(run)
+
+
+def _chunk_case(offset, *, b=2, t=24, s=80, k=2, g=2, h=16, v=32, absent_row=3):
+  """Queries at positions offset + i over s keys in segments cut at (30, 61) (shifted per row);
+  each query takes the segment of its (clipped) position, except `absent_row`, whose id no key
+  has: a row masked by segments alone, whose key loop visits only masked tiles."""
+  q, _, _, do, dlse = _inputs(b, t, k, g, h, v, jnp.float32, seed=1)
+  _, k_, v_, _, _ = _inputs(b, s, k, g, h, v, jnp.float32, seed=2)
+  seg_k = _segments(b, s, (30, 61))
+  seg_q = jnp.take(seg_k, jnp.clip(offset + jnp.arange(t), 0, s - 1), axis=1)
+  seg_q = seg_q.at[:, absent_row].set(7)
+  return q, k_, v_, seg_q, seg_k, jnp.int32(offset), do, dlse
+
+
+# Query chunk of 24 rows against 80 keys: from the start, inside, partly before the first key
+# (rows 0..19 see nothing; with 16-row tiles, tile 0 visits no key tile), running past the last
+# key, wholly past it (every key of the segment).
+CHUNK_OFFSETS = (0, 37, -20, 70, 100)
+
+
+def _check_chunk(got, want, offset, *, t=24, absent_row=3):
+  """Values and grads match; rows that see no key: o = 0, lse = MASK_VALUE, dq = 0, no NaN."""
+  o, lse, dq, dk, dv = (np.asarray(x) for x in got)
+  o_ref, lse_ref, dq_ref, dk_ref, dv_ref = (np.asarray(x) for x in want)
+  masked = (offset + np.arange(t) < 0) | (np.arange(t) == absent_row)
+  mask_value = np.float32(bw.MASK_VALUE)
+  np.testing.assert_array_equal(lse_ref[:, masked], mask_value)  # the oracle agrees
+  np.testing.assert_array_equal(lse[:, masked], mask_value)
+  np.testing.assert_array_equal(o[:, masked], 0.0)
+  np.testing.assert_array_equal(dq[:, masked], 0.0)
+  assert all(np.isfinite(x).all() for x in (o, lse, dq, dk, dv))
+  errors = {"o": _max_rel_err(o, o_ref), "lse": _max_rel_err(lse[:, ~masked], lse_ref[:, ~masked]),
+            "dq": _max_rel_err(dq, dq_ref), "dk": _max_rel_err(dk, dk_ref),
+            "dv": _max_rel_err(dv, dv_ref)}
+  assert max(errors.values()) < TOL[jnp.float32], (offset, errors)
+
+
+@pytest.mark.parametrize("impl", ["pallas", "xla"])
+def test_query_chunk_with_offset_matches_reference(impl):
+  """s = 80 keys > t = 24 queries, packed segments, offsets 0 / inside / negative / past s."""
+  run, ref = _chunk_vjp(impl), _chunk_vjp("reference")
+  for offset in CHUNK_OFFSETS:
+    case = _chunk_case(offset)
+    _check_chunk(run(*case), ref(*case), offset)
+  assert run._cache_size() == 1  # the offset is traced: one compile for all five
+
+
+@pytest.mark.parametrize("impl", ["pallas", "xla"])
+def test_traced_q_offset_one_executable_serves_two_offsets(impl):
+  case = _chunk_case(0, b=1, t=16, s=48, absent_row=5)
+  args = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in case]
+  compiled = _chunk_vjp(impl).lower(*args).compile()  # offset abstract: no value baked in
+  ref = _chunk_vjp("reference")
+  for offset in (8, 29):
+    case = _chunk_case(offset, b=1, t=16, s=48, absent_row=5)
+    _check_chunk(compiled(*case), ref(*case), offset, t=16, absent_row=5)
+
+
+@pytest.mark.parametrize("impl", ["pallas", "xla"])
+def test_query_chunks_with_offsets_reproduce_full_causal_attention(impl):
+  """Causal attention of 48 packed tokens == its query chunks [0, 16) [16, 36) [36, 48), each
+  against the keys up to its end at offset = its start, concatenated: values and grads."""
+  b, t, k, g, h, v = 2, 48, 2, 2, 16, 32
+  q, k_, v_, do, dlse = _inputs(b, t, k, g, h, v, jnp.float32, seed=3)
+  seg = _segments(b, t, (13, 30))
+  bounds = (0, 16, 36, 48)
+
+  def chunked(q, k, v):
+    outs = [fa.flash_attention(q[:, lo:hi], k[:, :hi], v[:, :hi], seg[:, lo:hi],
+                               q_offset=lo, segment_ids_k=seg[:, :hi], impl=impl,
+                               block_sizes=SMALL)
+            for lo, hi in itertools.pairwise(bounds)]
+    return tuple(jnp.concatenate(parts, axis=1) for parts in zip(*outs))
+
+  def full(q, k, v):
+    return fa.flash_attention_reference(q, k, v, seg, causal=True)
+
+  def vjp(f):
+    (o, lse), pullback = jax.vjp(f, q, k_, v_)
+    return (o, lse, *pullback((do, dlse)))
+
+  got, want = jax.jit(lambda: vjp(chunked))(), jax.jit(lambda: vjp(full))()
+  for name, x, r in zip(("o", "lse", "dq", "dk", "dv"), got, want):
+    assert x.shape == r.shape and _max_rel_err(x, r) < TOL[jnp.float32], name
 
 
 # ---- The model's attention_impl dispatch ------------------------------------------------------
@@ -181,19 +294,28 @@ def _export_for_cuda(f, *args):
       jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*args)
 
 
-@pytest.mark.parametrize("seq_len,group", [(1024, 4), (1000, 1)])
-def test_pallas_kernels_lower_to_triton_for_cuda(seq_len, group):
+@pytest.mark.parametrize("seq_len,kv_seq_len,group", [(1024, None, 4), (1000, None, 1),
+                                                     (512, 1000, 4)])
+def test_pallas_kernels_lower_to_triton_for_cuda(seq_len, kv_seq_len, group):
   """Motif shapes (8 KV heads, h = 128, dual-V 256, bf16; group 4 = signal, 1 = noise heads):
-  forward and jax.grad lower to Triton custom calls; a Triton lowering error fails here."""
-  q, k, v, seg = fa.abstract_inputs(seq_len=seq_len, group=group)
-  fwd = _export_for_cuda(lambda q, k, v, s: fa.flash_attention(q, k, v, s, interpret=False),
-                         q, k, v, seg)
+  forward and jax.grad lower to Triton custom calls; a Triton lowering error fails here.
+  With kv_seq_len: a query chunk against longer keys at a traced offset (context parallelism)."""
+  q, k, v, seg = fa.abstract_inputs(seq_len=seq_len, group=group, kv_seq_len=kv_seq_len)
+  chunk = () if kv_seq_len is None else (jax.ShapeDtypeStruct((), jnp.int32),
+                                         jax.ShapeDtypeStruct((1, kv_seq_len), jnp.int32))
+
+  def fwd_fn(q, k, v, s, *chunk):
+    return fa.flash_attention(q, k, v, s, **dict(zip(("q_offset", "segment_ids_k"), chunk)),
+                              interpret=False)
+
+  fwd = _export_for_cuda(fwd_fn, q, k, v, seg, *chunk)
   assert fwd.mlir_module().count("__gpu$xla.gpu.triton") == 1
-  grads = _export_for_cuda(fa.loss_and_grads("pallas", interpret=False), q, k, v, seg)
+  grads = _export_for_cuda(fa.loss_and_grads("pallas", interpret=False), q, k, v, seg, *chunk)
   assert grads.mlir_module().count("__gpu$xla.gpu.triton") == 3  # forward, dq, dk/dv
   assert [a.shape for a in grads.out_avals[1:]] == [q.shape, k.shape, v.shape]
-  # Outside the kernels nothing is [t, t]: no tensor type has two sequence-length dimensions.
-  assert not re.search(rf"\b{seq_len}x(\d+x)*{seq_len}x", grads.mlir_module())
+  # Outside the kernels nothing is [t, s]: no tensor type has two sequence-length dimensions.
+  lens = f"(?:{seq_len}|{kv_seq_len or seq_len})"
+  assert not re.search(rf"\b{lens}x(\d+x)*{lens}x", grads.mlir_module())
 
 
 @pytest.mark.gpu

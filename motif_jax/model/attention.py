@@ -181,7 +181,8 @@ def attention(x_btd: jax.Array, p: dict, layer: jax.Array, cos_bth: jax.Array,
   q_btnh, k_btkh, v_btkh = project_qkv(x_btd, p, cos_bth, sin_bth, cfg)
   core = ATTEND[cfg.attention_impl]
   if context.sequence_shards(cfg.sharding) > 1:  # rows arrive in zig-zag order (transformer.py)
-    core = functools.partial(context.context_attend, rules=cfg.sharding)
+    core = functools.partial(context.context_attend, rules=cfg.sharding,
+                             method=cfg.context_parallel, impl=cfg.attention_impl)
   attend_fn = functools.partial(_with_segments, core, segment_ids_bt=segment_ids_bt)
   o_btnv = _CORES[cfg.attention](q_btnh, k_btkh, v_btkh, attend_fn, p, layer, cfg)
   return _output(o_btnv, p, cfg)

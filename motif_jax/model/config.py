@@ -20,7 +20,12 @@ ATTENTION_KINDS = ("gqa", "diff", "gda")
 MLP_KINDS = ("swiglu", "polynorm")
 REMAT_NAMES = ("none", "full", "dots", "attn_out", "qkv_attn_out", "offload")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn", "reference")
+CONTEXT_PARALLEL_METHODS = ("allgather", "ring")
 DTYPES = ("float32", "bfloat16", "float16")
+# How the model runs, not what it computes: a checkpoint fits any setting of these, and saved
+# configs that predate one of them load with its default.
+RUNTIME_FIELDS = ("remat", "scan_layers", "attention_impl", "context_parallel", "dtype",
+                  "max_seq_len", "sharding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,8 @@ class ModelConfig:
   scan_layers: bool = True
   remat: str = "none"
   attention_impl: str = "xla"  # xla (blockwise, O(s)) | pallas | cudnn (GPU) | reference (dense)
+  # sequence-sharded attention: allgather (K/V gathered per layer) | ring (ppermute K/V blocks)
+  context_parallel: str = "allgather"
   sharding: ShardingRules = ShardingRules()
 
   def __post_init__(self):
@@ -68,6 +75,7 @@ class ModelConfig:
     _choice("mlp", self.mlp, MLP_KINDS)
     _choice("remat", self.remat, REMAT_NAMES)
     _choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    _choice("context_parallel", self.context_parallel, CONTEXT_PARALLEL_METHODS)
     _choice("dtype", self.dtype, DTYPES)
     if self.attention_impl == "cudnn" and self.dtype == "float32":
       raise ValueError("model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 "
@@ -122,6 +130,11 @@ class ModelConfig:
     offset = 1 if self.attention == "gda" else 0
     exp = math.exp if isinstance(layer, int) else jnp.exp
     return 0.8 - 0.6 * exp(-0.3 * (layer - offset))
+
+  def architecture(self) -> "ModelConfig":
+    """This config with every runtime field at its default: equal iff the weights fit."""
+    defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in RUNTIME_FIELDS}
+    return dataclasses.replace(self, **defaults)
 
   @classmethod
   def from_config_dict(cls, config: Mapping[str, Any]) -> "ModelConfig":

@@ -1,1 +1,2 @@
-"""Parallelism beyond GSPMD annotations: context (sequence) parallel attention."""
+"""Parallelism beyond GSPMD annotations: context (sequence) parallel attention (`context`) and
+the per-shard, vocab-parallel fused cross-entropy (`loss`)."""

@@ -1,4 +1,4 @@
-"""Context parallelism over the `sequence` mesh axis: all-gathered K/V, zig-zag chunk order.
+"""Context parallelism over the `sequence` mesh axis: all-gathered K/V or a K/V ring, zig-zag.
 
 Each sequence rank holds 2 of the 2S equal chunks of every row, chunk r and chunk 2S-1-r
 ("zig-zag"): under a causal mask chunk n sees n+1 chunks of keys, so every rank attends to
@@ -6,22 +6,29 @@ Each sequence rank holds 2 of the 2S equal chunks of every row, chunk r and chun
 segment ids and RoPE positions into that order once per forward pass (`to_zigzag`) and back at
 the end (`from_zigzag`); everything between is per-token except attention.
 
-Attention (`context_attend`) all-gathers K, V and the segment ids over the sequence axis inside a
-`shard_map` and runs the blockwise flash path (`pallas_kernels.blockwise_attention`) for each
-local query chunk against the whole key range, with the chunk's global start as the causal offset
-(the key loop stops at the diagonal). Its backward is the hand-written blockwise one; the K/V
-gradients go back through the transpose of the all-gather, a reduce-scatter.
+Both methods run inside a `shard_map` and are built from one unit, a (query chunk, key range)
+pair of `pallas_kernels.flash_attention` with the chunk's causal offset (`attention_passes`:
+the Pallas kernels for `impl="pallas"`, the XLA blockwise loops otherwise):
 
-Why all-gather rather than a ring (ppermute of K/V blocks): the traffic is the same, (S-1)/S of
-the K/V per layer either way, and K/V is small beside the queries: 16 KV heads x 128 for GDA
-is 8 KiB per token (bf16, K and V), so a 64K-token row gathers 512 MiB per layer on every rank,
-transient and recomputed under remat. The memory planner (`experiments.memory_plan`) prices it
-into the AOT temp figure. A ring would hide the transfer behind compute but needs S partial
-softmax merges and a second ring in the backward pass; on one NVLink node the gather is not the
-bottleneck. A ring remains the upgrade if multi-node sequence sharding is needed.
+  "allgather"  all-gather K, V and segment ids over the sequence axis, attend each local query
+               chunk to the whole key range (the key loop stops at the diagonal); the K/V
+               gradients go back through the transpose of the gather, a reduce-scatter.
+  "ring"       S steps; at each, attend the local chunks to the K/V block held, merge the
+               partial (o, lse) in float32, and `ppermute` the block to the next rank (the
+               transfer is independent of the step's compute, so XLA can overlap them). The
+               backward is a second ring: each block's float32 dK/dV travel with it and take
+               one more hop home; dq accumulates locally from the final lse.
 
-Other attention impls ("pallas", "cudnn", "reference") take this XLA blockwise path when the
-sequence axis is sharded: the Pallas kernel has no causal offset yet.
+Which one, measured (2026-11-23, CPU AOT, Motif GDA shapes, bf16; `python -m
+experiments.bench_context` and `python -m experiments.memory_plan ... --config.model.
+context_parallel=ring`): one attention call forward + backward at S=65,536 over 8 ranks takes
+3.25 GiB of temp per device with the gather and 1.77 GiB with the ring (0.54x; 0.94x over 4
+ranks), but the ring receives 1.43x the bytes (its float32 gradient hops) and took 1.30x the
+time at a small shape. In the whole 12.7B SFT step (full remat) the difference mostly vanishes
+at 64K: 52.82 vs 51.93 GiB per device on sequence=8, 34.69 vs 34.77 on sequence=16; it matters
+at 128K: 72.27 vs 64.67 GiB on sequence=8. So the default (`model.context_parallel`) is the
+gather, which moves fewer bytes and does less bookkeeping where memory is equal, and the ring
+is the setting for contexts past 64K per 8 ranks or for links slow enough to need overlap.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 from jax import lax
 
 from motif_jax import sharding as shd
-from pallas_kernels import blockwise_attention as bw
+from pallas_kernels import flash_attention as fa
 from pallas_kernels.flash_attention import BlockSizes
 
 
@@ -73,10 +80,34 @@ def from_zigzag(x_bt: jax.Array, shards: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class _Options:
+  impl: str  # flash attention impl of each (query chunk, key range) pair: xla | pallas
   sm_scale: float
-  block_q: int
-  block_k: int
+  block_sizes: BlockSizes
+  interpret: bool | None
 
+
+# ---- One (query chunk, key range) pair: the unit both methods are built from -----------------
+
+def _passes(opts: _Options):
+  return fa.attention_passes(impl=opts.impl, sm_scale=opts.sm_scale,
+                             block_sizes=opts.block_sizes, interpret=opts.interpret)
+
+
+def _pair_forward(q, k, v, seg_q, seg_k, offset, opts: _Options):
+  """o (dtype of q) and lse_bkgt (float32) of queries starting at key row `offset` (traced)."""
+  return _passes(opts)[0](q, k, v, seg_q, seg_k, offset)
+
+
+def _pair_backward(q, k, v, seg_q, seg_k, offset, lse_bkgt, do, delta_bkgt, opts: _Options):
+  """dq, dk, dv of one pair given the *final* lse and delta of the query rows."""
+  return _passes(opts)[1](q, k, v, seg_q, seg_k, offset, lse_bkgt, do, delta_bkgt)
+
+
+def _delta(o, do):
+  return jnp.einsum("btkgv,btkgv->bkgt", o.astype(jnp.float32), do.astype(jnp.float32))
+
+
+# ---- All-gather: every rank gathers the whole K/V once per layer ------------------------------
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _chunk_attention(q, k, v, seg_q, seg_k, offset, opts: _Options):
@@ -84,25 +115,20 @@ def _chunk_attention(q, k, v, seg_q, seg_k, offset, opts: _Options):
 
 
 def _chunk_fwd(q, k, v, seg_q, seg_k, offset, opts: _Options):
-  o, lse = bw.blockwise_forward(q, k, v, seg_q, causal=True, sm_scale=opts.sm_scale,
-                                block_q=opts.block_q, block_k=opts.block_k, q_offset=offset,
-                                seg_k_bs=seg_k)
+  o, lse = _pair_forward(q, k, v, seg_q, seg_k, offset, opts)
   return o, (q, k, v, seg_q, seg_k, offset, o, lse)
 
 
 def _chunk_bwd(opts: _Options, res, do):
   q, k, v, seg_q, seg_k, offset, o, lse = res
-  delta_bkgt = jnp.einsum("btkgv,btkgv->bkgt", o.astype(jnp.float32), do.astype(jnp.float32))
-  dq, dk, dv = bw.blockwise_backward(q, k, v, seg_q, lse, do.astype(q.dtype), delta_bkgt,
-                                     causal=True, sm_scale=opts.sm_scale, block_q=opts.block_q,
-                                     block_k=opts.block_k, q_offset=offset, seg_k_bs=seg_k)
+  dq, dk, dv = _pair_backward(q, k, v, seg_q, seg_k, offset, lse, do, _delta(o, do), opts)
   return dq, dk, dv, None, None, None
 
 
 _chunk_attention.defvjp(_chunk_fwd, _chunk_bwd)
 
 
-def _local_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
+def _allgather_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
   """One rank: local zig-zag queries [chunk r ‖ chunk 2S-1-r] against all keys."""
   c = q_btkgh.shape[1] // 2
   # The gathered rank-major blocks are the global zig-zag layout; put keys in natural order.
@@ -118,22 +144,152 @@ def _local_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
   return jnp.concatenate(outs, axis=1)
 
 
+# ---- Ring: K/V blocks travel around the sequence ranks, partial softmaxes merge ---------------
+
+def _merge(o_acc, lse_acc, o_part, lse_part):
+  """Merge two softmax-normalized partial results over disjoint keys (float32 o, lse_bkgt).
+
+  Rows that have seen no key yet carry lse = -inf (or the kernels' very negative finite mask
+  value) and o = 0; they stay that way until a key arrives.
+  """
+  m = jnp.maximum(lse_acc, lse_part)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  w_acc, w_part = jnp.exp(lse_acc - m), jnp.exp(lse_part - m)
+  total = w_acc + w_part
+  lse = m + jnp.log(total)
+  scale = lambda w: jnp.transpose(w / jnp.where(total == 0.0, 1.0, total), (0, 3, 1, 2))[..., None]  # noqa: E731
+  return o_acc * scale(w_acc) + o_part.astype(jnp.float32) * scale(w_part), lse
+
+
+def _ring_pairs(r, step, shards):
+  """(query slot, key slot, query chunk, key chunk) of rank r at ring step `step`."""
+  src = lax.rem(r - step + shards, shards)
+  q_chunks, k_chunks = (r, 2 * shards - 1 - r), (src, 2 * shards - 1 - src)
+  return [(a, b, q_chunks[a], k_chunks[b]) for a in range(2) for b in range(2)]
+
+
+def _halves(x, axis=1):
+  c = x.shape[axis] // 2
+  return lax.slice_in_dim(x, 0, c, axis=axis), lax.slice_in_dim(x, c, 2 * c, axis=axis)
+
+
+def _ring_forward(q, k, v, seg, *, axes, shards, opts):
+  r = lax.axis_index(axes)
+  c = q.shape[1] // 2
+  perm = [(i, (i + 1) % shards) for i in range(shards)]
+  qs, segs_q = _halves(q), _halves(seg)
+  b, _, kh, g, _ = q.shape
+  o0 = jnp.zeros((b, c, kh, g, v.shape[-1]), jnp.float32)
+  lse0 = jnp.full((b, kh, g, c), -jnp.inf, jnp.float32)
+
+  def compute(step, kv, acc):
+    k_blk, v_blk, seg_blk = kv
+    ks, vs, segs_k = _halves(k_blk), _halves(v_blk), _halves(seg_blk)
+    acc = list(acc)
+    for a, bb, qc, kc in _ring_pairs(r, step, shards):
+      o_p, lse_p = _pair_forward(qs[a], ks[bb], vs[bb], segs_q[a], segs_k[bb],
+                                 ((qc - kc) * c).astype(jnp.int32), opts)
+      acc[a] = _merge(*acc[a], o_p, lse_p)
+    return tuple(acc)
+
+  def body(carry, step):
+    kv, acc = carry
+    acc = compute(step, kv, acc)
+    kv = tuple(lax.ppermute(x, axes, perm) for x in kv)  # overlaps the next step's compute
+    return (kv, acc), None
+
+  (kv, acc), _ = lax.scan(body, ((k, v, seg), ((o0, lse0), (o0, lse0))), jnp.arange(shards - 1))
+  acc = compute(shards - 1, kv, acc)
+  o = jnp.concatenate([acc[0][0], acc[1][0]], axis=1).astype(q.dtype)
+  lse = jnp.concatenate([acc[0][1], acc[1][1]], axis=3)
+  return o, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _ring_attention(q, k, v, seg, axes, shards, opts: _Options):
+  return _ring_forward(q, k, v, seg, axes=axes, shards=shards, opts=opts)[0]
+
+
+def _ring_fwd(q, k, v, seg, axes, shards, opts: _Options):
+  o, lse = _ring_forward(q, k, v, seg, axes=axes, shards=shards, opts=opts)
+  return o, (q, k, v, seg, o, lse)
+
+
+def _ring_bwd(axes, shards, opts: _Options, res, do):
+  """A second ring: K/V travel again, each block's float32 dK/dV travel with it and arrive home
+  after the last step; dq accumulates locally. Uses the final lse, so no partial rescaling."""
+  q, k, v, seg, o, lse = res
+  r = lax.axis_index(axes)
+  c = q.shape[1] // 2
+  perm = [(i, (i + 1) % shards) for i in range(shards)]
+  qs, dos, segs_q = _halves(q), _halves(do), _halves(seg)
+  lses = _halves(lse, axis=3)
+  deltas = _halves(_delta(o, do), axis=3)
+
+  def compute(step, kv, grads):
+    k_blk, v_blk, seg_blk = kv
+    dq, dk, dv = grads
+    ks, vs, segs_k = _halves(k_blk), _halves(v_blk), _halves(seg_blk)
+    dq, dk, dv = list(_halves(dq)), list(_halves(dk)), list(_halves(dv))
+    for a, bb, qc, kc in _ring_pairs(r, step, shards):
+      dq_p, dk_p, dv_p = _pair_backward(qs[a], ks[bb], vs[bb], segs_q[a], segs_k[bb],
+                                        ((qc - kc) * c).astype(jnp.int32), lses[a], dos[a],
+                                        deltas[a], opts)
+      dq[a] = dq[a] + dq_p.astype(jnp.float32)
+      dk[bb] = dk[bb] + dk_p.astype(jnp.float32)
+      dv[bb] = dv[bb] + dv_p.astype(jnp.float32)
+    cat = lambda xs: jnp.concatenate(xs, axis=1)  # noqa: E731
+    return cat(dq), cat(dk), cat(dv)
+
+  def body(carry, step):
+    kv, grads = carry
+    dq, dk, dv = compute(step, kv, grads)
+    kv, (dk, dv) = (tuple(lax.ppermute(x, axes, perm) for x in xs) for xs in (kv, (dk, dv)))
+    return (kv, (dq, dk, dv)), None
+
+  zeros = lambda x: jnp.zeros(x.shape, jnp.float32)  # noqa: E731
+  (kv, grads), _ = lax.scan(body, ((k, v, seg), (zeros(q), zeros(k), zeros(v))),
+                            jnp.arange(shards - 1))
+  dq, dk, dv = compute(shards - 1, kv, grads)
+  dk, dv = (lax.ppermute(x, axes, perm) for x in (dk, dv))  # the last hop brings them home
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_ring_attention.defvjp(_ring_fwd, _ring_bwd)
+
+
+def _ring_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
+  return _ring_attention(q_btkgh, k_bskh, v_bskv, seg_bt, axes, shards, opts)
+
+
+METHODS = {"allgather": _allgather_attend, "ring": _ring_attend}
+
+
 def context_attend(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
                    segment_ids_bt: jax.Array, *, rules: shd.ShardingRules,
-                   block_sizes: BlockSizes = BlockSizes()) -> jax.Array:
+                   method: str = "allgather", impl: str = "xla",
+                   block_sizes: BlockSizes = BlockSizes(),
+                   interpret: bool | None = None) -> jax.Array:
   """Causal, segment-masked attention of zig-zag-ordered rows sharded over the sequence axis.
 
   Same contract as `model.attention.attend` (o_btkgv), for inputs in `to_zigzag` order.
+  method: "allgather" (gather K/V once per layer) or "ring" (ppermute K/V blocks).
+  impl: the flash attention of each (query chunk, key range) pair: "pallas" (Triton kernels)
+  or "xla" (blockwise); the model's other impls ("cudnn", "reference") use "xla" here.
   """
+  if method not in METHODS:
+    raise ValueError(f"context parallel {method=} must be one of {tuple(METHODS)}")
+  impl = impl if impl == "pallas" else "xla"
+  fa.check_inputs(q_btkgh, k_bskh, v_bskv, segment_ids_bt, None, None, impl, block_sizes)
   mesh = jax.sharding.get_abstract_mesh()
   axes = sequence_axes(rules)
   shards = sequence_shards(rules)
   q_spec = shd.activation_spec(("batch", "seq", "kv_heads", None, None), rules, mesh)
   kv_spec = shd.activation_spec(("batch", "seq", "kv_heads", None), rules, mesh)
   seg_spec = shd.activation_spec(("batch", "seq"), rules, mesh)
-  opts = _Options(sm_scale=float(q_btkgh.shape[-1] ** -0.5), block_q=block_sizes.xla_block_q,
-                  block_k=block_sizes.xla_block_k)
-  local = functools.partial(_local_attend, axes=axes if len(axes) > 1 else axes[0],
+  opts = _Options(impl=impl, sm_scale=float(q_btkgh.shape[-1] ** -0.5), block_sizes=block_sizes,
+                  interpret=interpret)
+  local = functools.partial(METHODS[method], axes=axes if len(axes) > 1 else axes[0],
                             shards=shards, opts=opts)
   return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
                        out_specs=q_spec, check_vma=False)(
