@@ -3,10 +3,10 @@
   python -m experiments.bench_context --out=/tmp/bench_context.json
   python -m experiments.bench_context --out=/tmp/bench_context.json --methods=ring --repeats=5
 
-Per-device AOT temp memory and received bytes (traffic model) of one GDA signal-attention forward + backward
-at Motif's shapes (bf16, S = 32,768 and 65,536 tokens over sequence = 4 and 8 ranks), and the
-wall time at a small float32 shape on 8 ranks (see motif_jax/context_bench.py). Runs on fake CPU
-devices when no accelerator is present. Not a test.
+Per-device AOT temp memory and received bytes (traffic model) of one GDA signal-attention
+forward + backward at Motif's shapes (bf16, S = 32,768 and 65,536 tokens over sequence = 4 and
+8 ranks), and the wall time at a small float32 shape on 8 ranks (see motif_jax/context_bench.py).
+Runs on 8 fake CPU devices. Not a test.
 """
 
 import os

@@ -23,12 +23,12 @@ Which one, measured (2026-11-23, CPU AOT, Motif GDA shapes, bf16; `python -m
 experiments.bench_context` and `python -m experiments.memory_plan ... --config.model.
 context_parallel=ring`): one attention call forward + backward at S=65,536 over 8 ranks takes
 3.25 GiB of temp per device with the gather and 1.77 GiB with the ring (0.54x; 0.94x over 4
-ranks), but the ring receives 1.43x the bytes (its float32 gradient hops) and took 1.30x the
-time at a small shape. In the whole 12.7B SFT step (full remat) the difference mostly vanishes
-at 64K: 52.82 vs 51.93 GiB per device on sequence=8, 34.69 vs 34.77 on sequence=16; it matters
-at 128K: 72.27 vs 64.67 GiB on sequence=8. So the default (`model.context_parallel`) is the
-gather, which moves fewer bytes and does less bookkeeping where memory is equal, and the ring
-is the setting for contexts past 64K per 8 ranks or for links slow enough to need overlap.
+ranks), but the ring receives 1.43x the bytes (its float32 gradient hops); CPU time at a small
+shape was equal within noise (0.98x-1.30x over three runs). In the whole 12.7B SFT step (full
+remat) the difference mostly vanishes at 64K: 52.82 vs 51.93 GiB per device on sequence=8, 34.69
+vs 34.77 on sequence=16; it matters at 128K: 72.27 vs 64.67 GiB on sequence=8. So the default
+(`model.context_parallel`) is the gather, which moves fewer bytes where memory is equal, and the
+ring is the setting for contexts past 64K per 8 ranks or for links slow enough to need overlap.
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ def _allgather_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
   c = q_btkgh.shape[1] // 2
   # The gathered rank-major blocks are the global zig-zag layout; put keys in natural order.
   natural = np.argsort(zigzag_order(2 * c * shards, shards))
-  gather = lambda x: jnp.take(lax.all_gather(x, axes, axis=1, tiled=True), natural, axis=1)  # noqa: E731
+  def gather(x):
+    return jnp.take(lax.all_gather(x, axes, axis=1, tiled=True), natural, axis=1)
+
   k_all, v_all, seg_all = gather(k_bskh), gather(v_bskv), gather(seg_bt)
   r = lax.axis_index(axes)
   outs = []
@@ -157,7 +159,11 @@ def _merge(o_acc, lse_acc, o_part, lse_part):
   w_acc, w_part = jnp.exp(lse_acc - m), jnp.exp(lse_part - m)
   total = w_acc + w_part
   lse = m + jnp.log(total)
-  scale = lambda w: jnp.transpose(w / jnp.where(total == 0.0, 1.0, total), (0, 3, 1, 2))[..., None]  # noqa: E731
+  safe_total = jnp.where(total == 0.0, 1.0, total)
+
+  def scale(w_bkgt):  # -> [b, t, k, g, 1], to weigh o_btkgv
+    return jnp.transpose(w_bkgt / safe_total, (0, 3, 1, 2))[..., None]
+
   return o_acc * scale(w_acc) + o_part.astype(jnp.float32) * scale(w_part), lse
 
 

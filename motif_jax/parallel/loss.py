@@ -16,8 +16,11 @@ Collectives (V = vocab axes, T = token axes; all on float32):
             entropy = sum_k exp(lse_k - lse) (entropy_k + lse - lse_k).
   backward  (custom VJP around the shard_map; W gathered again) dz on the local slice from the
             *global* lse/entropy (`vocab_slice_grads`); dh [t_local, d] psum over V; dW
-            [d, v_local] reduce-scattered over the token axes that also shard W's embed dim
-            (fsdp: the FSDP gradient reduce-scatter) and psum over the other token axes.
+            reduce-scattered over the token axes that also shard W's embed dim (fsdp: the
+            FSDP gradient reduce-scatter) and psum over the other token axes. With such scatter
+            axes the backward loops over `chunk_v` columns of the local slice, reducing each
+            chunk's [d, chunk_v] dW as it goes (the last chunk overlaps its neighbour), so no
+            device holds a float32 [d, v_local]; without them it is one call.
             Partial gradients are float32 until reduced, then cast to h's and W's dtype.
 
 A token dimension that does not divide over its mesh axes leaves those axes out (their devices
@@ -139,20 +142,50 @@ def _local_forward(h_btd, w_dv, labels_bt, m_bt, *, plan):
   return tuple(x.reshape(b, t) for x in (loss_t, m_t * ent_t, lse_t, ent_t))
 
 
-def _local_grads(h_btd, w_dv, labels_bt, *stats_bt, plan):
-  b, t, d = h_btd.shape
-  labels_t = _local_labels(labels_bt, w_dv.shape[1], plan)
-  dh_td, dw_dv = fce.vocab_slice_grads(h_btd.reshape(b * t, d), w_dv, labels_t,
-                                       *(x.reshape(-1) for x in stats_bt), z_loss=plan.z_loss,
-                                       out_dtype=jnp.float32, **plan.kernel_kw())
-  if plan.vocab_axes:  # each vocab slice contributes dz_k @ W_k^T
-    dh_td = lax.psum(dh_td, plan.vocab_axes)
+def _reduce_dw(dw_dv, plan):
+  """Sum a float32 dW partial over the token shards: reduce-scatter d over `scatter_axes` (the
+  FSDP gradient reduce-scatter), psum over the other token axes."""
   if plan.scatter_axes:  # each token shard contributes h_k^T @ dz_k
     dw_dv = lax.psum_scatter(dw_dv, plan.scatter_axes, scatter_dimension=0, tiled=True)
   rest = tuple(a for a in plan.token_axes if a not in plan.scatter_axes)
-  if rest:
-    dw_dv = lax.psum(dw_dv, rest)
-  return dh_td.astype(h_btd.dtype).reshape(b, t, d), dw_dv.astype(w_dv.dtype)
+  return lax.psum(dw_dv, rest) if rest else dw_dv
+
+
+def _local_grads(h_btd, w_dv, labels_bt, *stats_bt, plan):
+  b, t, d = h_btd.shape
+  h_td = h_btd.reshape(b * t, d)
+  v_local = w_dv.shape[1]
+  labels_t = _local_labels(labels_bt, v_local, plan)
+  stats_t = tuple(x.reshape(-1) for x in stats_bt)
+  grads = functools.partial(fce.vocab_slice_grads, z_loss=plan.z_loss, out_dtype=jnp.float32,
+                            **plan.kernel_kw())
+  cv = min(plan.block_sizes.chunk_v, v_local)
+  if not plan.scatter_axes or cv == v_local:
+    dh_td, dw_dv = grads(h_td, w_dv, labels_t, *stats_t)
+    dw_dv = _reduce_dw(dw_dv, plan).astype(w_dv.dtype)
+  else:
+    # Per vocab chunk, so the float32 dW partial is [d, chunk_v], never [d, v_local]. The last
+    # chunk starts at v_local - cv and overlaps its neighbour: its overlap columns are zeroed in
+    # W (no dh from them) and keep the neighbour's dW. The gathered W stays whole: gathering it
+    # per chunk inside the loop measured no clear gain (AOT planner, Motif-2-12.7B at 64K).
+    def chunk_step(j, carry):
+      dh_td, dw_dv = carry
+      v0 = jnp.minimum(j * cv, v_local - cv)
+      w_dc, v0 = lax.optimization_barrier((w_dv, v0))  # see fce._slice: no hoisted f32 copy of W
+      w_dc = lax.dynamic_slice_in_dim(w_dc, v0, cv, 1)
+      fresh_c = v0 + jnp.arange(cv) >= j * cv
+      dh_c, dw_dc = grads(h_td, jnp.where(fresh_c[None, :], w_dc, 0), labels_t - v0, *stats_t)
+      dw_dc = _reduce_dw(dw_dc, plan).astype(dw_dv.dtype)
+      dw_dc = jnp.where(fresh_c[None, :], dw_dc, lax.dynamic_slice_in_dim(dw_dv, v0, cv, 1))
+      return dh_td + dh_c, lax.dynamic_update_slice_in_dim(dw_dv, dw_dc, v0, 1)
+
+    n_scatter = int(np.prod([plan.mesh.shape[a] for a in plan.scatter_axes], dtype=np.int64))
+    dh_td, dw_dv = lax.fori_loop(
+        0, -(-v_local // cv), chunk_step,
+        (jnp.zeros(h_td.shape, jnp.float32), jnp.zeros((d // n_scatter, v_local), w_dv.dtype)))
+  if plan.vocab_axes:  # each vocab slice contributes dz_k @ W_k^T
+    dh_td = lax.psum(dh_td, plan.vocab_axes)
+  return dh_td.astype(h_btd.dtype).reshape(b, t, d), dw_dv
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
