@@ -78,9 +78,9 @@ def model(**overrides) -> ml_collections.ConfigDict:
       # interpreted on CPU) | cudnn (GPU, bf16/fp16; segment ids as an O(seq^2) bias) |
       # reference (dense [t, s] logits; test oracle)
       attention_impl="xla",
-      # attention when the mesh shards the sequence: allgather (K/V gathered once per layer) |
-      # ring (K/V blocks passed around the sequence ranks); see motif_jax/parallel/context.py
-      context_parallel="allgather",
+      # attention when the mesh shards the sequence: ring (K/V blocks passed around the
+      # sequence ranks) | allgather (K/V gathered once per layer); motif_jax/parallel/context.py
+      context_parallel="ring",
       sharding=sharding_rules(),
   ))
   for key, value in overrides.items():

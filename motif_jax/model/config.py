@@ -57,8 +57,8 @@ class ModelConfig:
   scan_layers: bool = True
   remat: str = "none"
   attention_impl: str = "xla"  # xla (blockwise, O(s)) | pallas | cudnn (GPU) | reference (dense)
-  # sequence-sharded attention: allgather (K/V gathered per layer) | ring (ppermute K/V blocks)
-  context_parallel: str = "allgather"
+  # sequence-sharded attention: ring (ppermute K/V blocks) | allgather (K/V gathered per layer)
+  context_parallel: str = "ring"
   sharding: ShardingRules = ShardingRules()
 
   def __post_init__(self):

@@ -21,14 +21,14 @@ the Pallas kernels for `impl="pallas"`, the XLA blockwise loops otherwise):
 
 Which one, measured (2026-11-23, CPU AOT, Motif GDA shapes, bf16; `python -m
 experiments.bench_context` and `python -m experiments.memory_plan ... --config.model.
-context_parallel=ring`): one attention call forward + backward at S=65,536 over 8 ranks takes
+context_parallel=...`): one attention call forward + backward at S=65,536 over 8 ranks takes
 3.25 GiB of temp per device with the gather and 1.77 GiB with the ring (0.54x; 0.94x over 4
-ranks), but the ring receives 1.43x the bytes (its float32 gradient hops); CPU time at a small
-shape was equal within noise (0.98x-1.30x over three runs). In the whole 12.7B SFT step (full
-remat) the difference mostly vanishes at 64K: 52.82 vs 51.93 GiB per device on sequence=8, 34.69
-vs 34.77 on sequence=16; it matters at 128K: 72.27 vs 64.67 GiB on sequence=8. So the default
-(`model.context_parallel`) is the gather, which moves fewer bytes where memory is equal, and the
-ring is the setting for contexts past 64K per 8 ranks or for links slow enough to need overlap.
+ranks); the ring receives 1.43x the bytes (its float32 gradient hops); CPU time at a small shape
+was equal within noise (0.98x-1.30x over three runs). The whole 12.7B SFT step (full remat) per
+device: 52.82 (gather) vs 49.19 GiB (ring) at 64K on sequence=8, 31.45 vs 31.53 on sequence=16,
+72.25 vs 64.67 at 128K on sequence=8. Memory is the constraint at these lengths and the extra
+0.9 GB per layer is ~2 ms of NVLink beside ~70 ms of attention compute, so the default
+(`model.context_parallel`) is the ring; the gather stays selectable.
 """
 
 from __future__ import annotations
@@ -273,13 +273,13 @@ METHODS = {"allgather": _allgather_attend, "ring": _ring_attend}
 
 def context_attend(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
                    segment_ids_bt: jax.Array, *, rules: shd.ShardingRules,
-                   method: str = "allgather", impl: str = "xla",
+                   method: str = "ring", impl: str = "xla",
                    block_sizes: BlockSizes = BlockSizes(),
                    interpret: bool | None = None) -> jax.Array:
   """Causal, segment-masked attention of zig-zag-ordered rows sharded over the sequence axis.
 
   Same contract as `model.attention.attend` (o_btkgv), for inputs in `to_zigzag` order.
-  method: "allgather" (gather K/V once per layer) or "ring" (ppermute K/V blocks).
+  method: "ring" (ppermute K/V blocks) or "allgather" (gather K/V once per layer).
   impl: the flash attention of each (query chunk, key range) pair: "pallas" (Triton kernels)
   or "xla" (blockwise); the model's other impls ("cudnn", "reference") use "xla" here.
   """
