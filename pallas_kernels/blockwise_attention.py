@@ -50,6 +50,27 @@ def _pad_to(x: jax.Array, length: int, axis: int) -> jax.Array:
   return jnp.pad(x, pad)
 
 
+def _blocked_keys(k_bskh, v_bskv, seg_q_bt, seg_k_bs, *, t: int, block_q: int, block_k: int):
+  """Tile sizes and counts, and K, V and both segment ids padded to whole tiles.
+
+  Returns (bq, bk, nq, nk, k_pad, v_pad, segq_pad, segk_pad); segment ids stay None without
+  segments, and key segment ids default to the query ones (s == t).
+  """
+  s_len = k_bskh.shape[1]
+  bq, bk = min(block_q, t), min(block_k, s_len)
+  nq, nk = -(-t // bq), -(-s_len // bk)
+  seg_k_bs = seg_q_bt if seg_k_bs is None else seg_k_bs
+  segq_pad = None if seg_q_bt is None else _pad_to(seg_q_bt, nq * bq, 1)
+  segk_pad = None if seg_q_bt is None else _pad_to(seg_k_bs, nk * bk, 1)
+  return (bq, bk, nq, nk, _pad_to(k_bskh, nk * bk, 1), _pad_to(v_bskv, nk * bk, 1), segq_pad,
+          segk_pad)
+
+
+def _heads_mask(mask):
+  """A tile mask ([bq, bk] or [b, bq, bk]) broadcastable against [b, k, g, bq, bk] scores."""
+  return mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+
+
 def _kv_bound(i, *, causal: bool, bq: int, bk: int, nk: int, t: int, q_offset=0):
   """Key blocks [0, bound) that query block i can see (causal: up to its last row's position)."""
   if not causal:
@@ -68,13 +89,9 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
   """
   b, t, kh, g, _ = q_btkgh.shape
   s_len = k_bskh.shape[1]
-  seg_k_bs = seg_bt if seg_k_bs is None else seg_k_bs
-  bq, bk = min(block_q, t), min(block_k, s_len)
-  nq, nk = -(-t // bq), -(-s_len // bk)
+  bq, bk, nq, nk, k_pad, v_pad, segq_pad, segk_pad = _blocked_keys(
+      k_bskh, v_bskv, seg_bt, seg_k_bs, t=t, block_q=block_q, block_k=block_k)
   q_pad = _pad_to(q_btkgh, nq * bq, 1)
-  k_pad, v_pad = _pad_to(k_bskh, nk * bk, 1), _pad_to(v_bskv, nk * bk, 1)
-  segq_pad = None if seg_bt is None else _pad_to(seg_bt, nq * bq, 1)
-  segk_pad = None if seg_bt is None else _pad_to(seg_k_bs, nk * bk, 1)
   vd = v_bskv.shape[-1]
 
   def q_block(i):
@@ -87,9 +104,8 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
       k_j = lax.dynamic_slice_in_dim(k_pad, j * bk, bk, axis=1)
       v_j = lax.dynamic_slice_in_dim(v_pad, j * bk, bk, axis=1)
       seg_k = None if seg_bt is None else lax.dynamic_slice_in_dim(segk_pad, j * bk, bk, axis=1)
-      mask = tile_mask(rows, j * bk + jnp.arange(bk), seg_q, seg_k, causal=causal, q_len=t,
-                       k_len=s_len, q_offset=q_offset)
-      mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+      mask = _heads_mask(tile_mask(rows, j * bk + jnp.arange(bk), seg_q, seg_k, causal=causal,
+                                   q_len=t, k_len=s_len, q_offset=q_offset))
       s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
                      preferred_element_type=jnp.float32) * sm_scale
       s = jnp.where(mask, s, MASK_VALUE)
@@ -129,15 +145,11 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
   """
   b, t, kh, g, h = q_btkgh.shape
   s_len = k_bskh.shape[1]
-  seg_k_bs = seg_bt if seg_k_bs is None else seg_k_bs
   vd = v_bskv.shape[-1]
-  bq, bk = min(block_q, t), min(block_k, s_len)
-  nq, nk = -(-t // bq), -(-s_len // bk)
+  bq, bk, nq, nk, k_pad, v_pad, segq_pad, segk_pad = _blocked_keys(
+      k_bskh, v_bskv, seg_bt, seg_k_bs, t=t, block_q=block_q, block_k=block_k)
   q_pad, do_pad = _pad_to(q_btkgh, nq * bq, 1), _pad_to(do_btkgv, nq * bq, 1)
   lse_pad, delta_pad = _pad_to(lse_bkgt, nq * bq, 3), _pad_to(delta_bkgt, nq * bq, 3)
-  k_pad, v_pad = _pad_to(k_bskh, nk * bk, 1), _pad_to(v_bskv, nk * bk, 1)
-  segq_pad = None if seg_bt is None else _pad_to(seg_bt, nq * bq, 1)
-  segk_pad = None if seg_bt is None else _pad_to(seg_k_bs, nk * bk, 1)
 
   def kv_block(j, carry):
     dq_acc, dk_all, dv_all = carry
@@ -153,9 +165,8 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
       lse_i = lax.dynamic_slice_in_dim(lse_pad, i * bq, bq, axis=3)
       delta_i = lax.dynamic_slice_in_dim(delta_pad, i * bq, bq, axis=3)
       seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
-      mask = tile_mask(i * bq + jnp.arange(bq), cols, seg_q, seg_k, causal=causal, q_len=t,
-                       k_len=s_len, q_offset=q_offset)
-      mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+      mask = _heads_mask(tile_mask(i * bq + jnp.arange(bq), cols, seg_q, seg_k, causal=causal,
+                                   q_len=t, k_len=s_len, q_offset=q_offset))
       s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
                      preferred_element_type=jnp.float32) * sm_scale
       p = jnp.where(mask, jnp.exp(s - lse_i[..., None]), 0.0)
