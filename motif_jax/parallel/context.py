@@ -7,8 +7,9 @@ segment ids and RoPE positions into that order once per forward pass (`to_zigzag
 the end (`from_zigzag`); everything between is per-token except attention.
 
 Both methods run inside a `shard_map` and are built from one unit, a (query chunk, key range)
-pair of `pallas_kernels.flash_attention` with the chunk's causal offset (`attention_passes`:
-the Pallas kernels for `impl="pallas"`, the XLA blockwise loops otherwise):
+pair of `pallas_kernels.flash_attention` with the chunk's causal offset (the Pallas kernels for
+`impl="pallas"`, the XLA blockwise loops otherwise; the gather differentiates through
+`flash_attention`'s own VJP, the ring drives its passes with `attention_passes`):
 
   "allgather"  all-gather K, V and segment ids over the sequence axis, attend each local query
                chunk to the whole key range (the key loop stops at the diagonal); the K/V
@@ -86,7 +87,7 @@ class _Options:
   interpret: bool | None
 
 
-# ---- One (query chunk, key range) pair: the unit both methods are built from -----------------
+# ---- One (query chunk, key range) pair, forward and backward apart (for the ring) -------------
 
 def _passes(opts: _Options):
   return fa.attention_passes(impl=opts.impl, sm_scale=opts.sm_scale,
@@ -109,30 +110,12 @@ def _delta(o, do):
 
 # ---- All-gather: every rank gathers the whole K/V once per layer ------------------------------
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _chunk_attention(q, k, v, seg_q, seg_k, offset, opts: _Options):
-  return _chunk_fwd(q, k, v, seg_q, seg_k, offset, opts)[0]
-
-
-def _chunk_fwd(q, k, v, seg_q, seg_k, offset, opts: _Options):
-  o, lse = _pair_forward(q, k, v, seg_q, seg_k, offset, opts)
-  return o, (q, k, v, seg_q, seg_k, offset, o, lse)
-
-
-def _chunk_bwd(opts: _Options, res, do):
-  q, k, v, seg_q, seg_k, offset, o, lse = res
-  dq, dk, dv = _pair_backward(q, k, v, seg_q, seg_k, offset, lse, do, _delta(o, do), opts)
-  return dq, dk, dv, None, None, None
-
-
-_chunk_attention.defvjp(_chunk_fwd, _chunk_bwd)
-
-
 def _allgather_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
   """One rank: local zig-zag queries [chunk r ‖ chunk 2S-1-r] against all keys."""
   c = q_btkgh.shape[1] // 2
   # The gathered rank-major blocks are the global zig-zag layout; put keys in natural order.
   natural = np.argsort(zigzag_order(2 * c * shards, shards))
+
   def gather(x):
     return jnp.take(lax.all_gather(x, axes, axis=1, tiled=True), natural, axis=1)
 
@@ -141,8 +124,11 @@ def _allgather_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
   outs = []
   for slot, chunk in enumerate((r, 2 * shards - 1 - r)):
     part = slice(slot * c, (slot + 1) * c)
-    outs.append(_chunk_attention(q_btkgh[:, part], k_all, v_all, seg_bt[:, part], seg_all,
-                                 (chunk * c).astype(jnp.int32), opts))
+    o, _ = fa.flash_attention(q_btkgh[:, part], k_all, v_all, seg_bt[:, part],
+                              q_offset=(chunk * c).astype(jnp.int32), segment_ids_k=seg_all,
+                              sm_scale=opts.sm_scale, impl=opts.impl,
+                              block_sizes=opts.block_sizes, interpret=opts.interpret)
+    outs.append(o)
   return jnp.concatenate(outs, axis=1)
 
 
