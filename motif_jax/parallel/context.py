@@ -87,27 +87,6 @@ class _Options:
   interpret: bool | None
 
 
-# ---- One (query chunk, key range) pair, forward and backward apart (for the ring) -------------
-
-def _passes(opts: _Options):
-  return fa.attention_passes(impl=opts.impl, sm_scale=opts.sm_scale,
-                             block_sizes=opts.block_sizes, interpret=opts.interpret)
-
-
-def _pair_forward(q, k, v, seg_q, seg_k, offset, opts: _Options):
-  """o (dtype of q) and lse_bkgt (float32) of queries starting at key row `offset` (traced)."""
-  return _passes(opts)[0](q, k, v, seg_q, seg_k, offset)
-
-
-def _pair_backward(q, k, v, seg_q, seg_k, offset, lse_bkgt, do, delta_bkgt, opts: _Options):
-  """dq, dk, dv of one pair given the *final* lse and delta of the query rows."""
-  return _passes(opts)[1](q, k, v, seg_q, seg_k, offset, lse_bkgt, do, delta_bkgt)
-
-
-def _delta(o, do):
-  return jnp.einsum("btkgv,btkgv->bkgt", o.astype(jnp.float32), do.astype(jnp.float32))
-
-
 # ---- All-gather: every rank gathers the whole K/V once per layer ------------------------------
 
 def _allgather_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
@@ -133,6 +112,17 @@ def _allgather_attend(q_btkgh, k_bskh, v_bskv, seg_bt, *, axes, shards, opts):
 
 
 # ---- Ring: K/V blocks travel around the sequence ranks, partial softmaxes merge ---------------
+
+def _passes(opts: _Options):
+  """forward(q, k, v, seg_q, seg_k, offset) -> (o, lse_bkgt) and backward(..., lse_bkgt, do,
+  delta_bkgt) -> (dq, dk, dv) of one (query chunk, key block) pair, apart."""
+  return fa.attention_passes(impl=opts.impl, sm_scale=opts.sm_scale,
+                             block_sizes=opts.block_sizes, interpret=opts.interpret)
+
+
+def _delta(o, do):
+  return jnp.einsum("btkgv,btkgv->bkgt", o.astype(jnp.float32), do.astype(jnp.float32))
+
 
 def _merge(o_acc, lse_acc, o_part, lse_part):
   """Merge two softmax-normalized partial results over disjoint keys (float32 o, lse_bkgt).
@@ -166,6 +156,7 @@ def _halves(x, axis=1):
 
 
 def _ring_forward(q, k, v, seg, *, axes, shards, opts):
+  pair_forward, _ = _passes(opts)
   r = lax.axis_index(axes)
   c = q.shape[1] // 2
   perm = [(i, (i + 1) % shards) for i in range(shards)]
@@ -179,8 +170,8 @@ def _ring_forward(q, k, v, seg, *, axes, shards, opts):
     ks, vs, segs_k = _halves(k_blk), _halves(v_blk), _halves(seg_blk)
     acc = list(acc)
     for a, bb, qc, kc in _ring_pairs(r, step, shards):
-      o_p, lse_p = _pair_forward(qs[a], ks[bb], vs[bb], segs_q[a], segs_k[bb],
-                                 ((qc - kc) * c).astype(jnp.int32), opts)
+      o_p, lse_p = pair_forward(qs[a], ks[bb], vs[bb], segs_q[a], segs_k[bb],
+                                ((qc - kc) * c).astype(jnp.int32))
       acc[a] = _merge(*acc[a], o_p, lse_p)
     return tuple(acc)
 
@@ -211,6 +202,7 @@ def _ring_bwd(axes, shards, opts: _Options, res, do):
   """A second ring: K/V travel again, each block's float32 dK/dV travel with it and arrive home
   after the last step; dq accumulates locally. Uses the final lse, so no partial rescaling."""
   q, k, v, seg, o, lse = res
+  _, pair_backward = _passes(opts)
   r = lax.axis_index(axes)
   c = q.shape[1] // 2
   perm = [(i, (i + 1) % shards) for i in range(shards)]
@@ -224,9 +216,9 @@ def _ring_bwd(axes, shards, opts: _Options, res, do):
     ks, vs, segs_k = _halves(k_blk), _halves(v_blk), _halves(seg_blk)
     dq, dk, dv = list(_halves(dq)), list(_halves(dk)), list(_halves(dv))
     for a, bb, qc, kc in _ring_pairs(r, step, shards):
-      dq_p, dk_p, dv_p = _pair_backward(qs[a], ks[bb], vs[bb], segs_q[a], segs_k[bb],
-                                        ((qc - kc) * c).astype(jnp.int32), lses[a], dos[a],
-                                        deltas[a], opts)
+      dq_p, dk_p, dv_p = pair_backward(qs[a], ks[bb], vs[bb], segs_q[a], segs_k[bb],
+                                       ((qc - kc) * c).astype(jnp.int32), lses[a], dos[a],
+                                       deltas[a])
       dq[a] = dq[a] + dq_p.astype(jnp.float32)
       dk[bb] = dk[bb] + dk_p.astype(jnp.float32)
       dv[bb] = dv[bb] + dv_p.astype(jnp.float32)
