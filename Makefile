@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= /tmp/motif_quickstart
 PYTEST_WORKERS ?= 2
 
-.PHONY: test quickstart venv clean
+.PHONY: test test-slow quickstart venv clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q -m slow tests
 
 quickstart: $(STAMP)
 	$(BIN)/python -m experiments.quickstart --workdir=$(WORKDIR)
