@@ -104,6 +104,14 @@ def diff_lambda(p: dict, lambda_init: jax.Array, dtype) -> jax.Array:
   return (lam1.astype(dtype) - lam2.astype(dtype) + lambda_init).astype(dtype)
 
 
+def _differential(signal: jax.Array, lam: jax.Array, noise: jax.Array) -> jax.Array:
+  """signal − λ·noise, λ·noise in float32 and broadcast to signal's heads there: the backward
+  sums over every token and head for λ's gradient, and over the heads a noise head serves for
+  its own, in float32 rather than in a bf16 compute dtype."""
+  noise32 = jnp.broadcast_to(noise.astype(jnp.float32), signal.shape)
+  return signal - (lam * noise32).astype(signal.dtype)
+
+
 def _gqa_core(q_btnh, k_bskh, v_bskh, attend_fn, p, layer, cfg):
   del p, layer
   b, t, n, h = q_btnh.shape
@@ -118,8 +126,8 @@ def _diff_core(q_btnh, k_bskh, v_bskh, attend_fn, p, layer, cfg):
   v_half_bskv = jnp.concatenate([v_bskh[:, :, : k // 2], v_bskh[:, :, k // 2:]], axis=-1)
   v_bskv = jnp.concatenate([v_half_bskv, v_half_bskv], axis=2)
   o_btnv = attend_fn(q_btnh.reshape(b, t, k, n // k, h), k_bskh, v_bskv).reshape(b, t, n, 2 * h)
-  lam = diff_lambda(p, cfg.lambda_init(layer), o_btnv.dtype)
-  o_btnv = o_btnv[:, :, : n // 2] - lam * o_btnv[:, :, n // 2:]
+  lam = diff_lambda(p, cfg.lambda_init(layer), jnp.float32)
+  o_btnv = _differential(o_btnv[:, :, : n // 2], lam, o_btnv[:, :, n // 2:])
   return layers.rms_norm(o_btnv, None, cfg.attn_rms_norm_eps) * (1 - cfg.lambda_init(layer))
 
 
@@ -132,8 +140,8 @@ def _gda_core(q_btnh, k_bskh, v_bskh, attend_fn, p, layer, cfg):
   v_bsgv = jnp.concatenate([v_bsg2h[:, :, :, 0], v_bsg2h[:, :, :, 1]], axis=-1)  # V1 ‖ V2
   signal_btgrv = attend_fn(q_btgrh[:, :, :, :r], k_bsg2h[:, :, :, 0], v_bsgv)
   noise_btg1v = attend_fn(q_btgrh[:, :, :, r:], k_bsg2h[:, :, :, 1], v_bsgv)
-  lam = diff_lambda(p, cfg.lambda_init(layer), signal_btgrv.dtype)
-  o_btgrv = signal_btgrv - lam * noise_btg1v  # each noise head serves its group's r heads
+  lam = diff_lambda(p, cfg.lambda_init(layer), jnp.float32)
+  o_btgrv = _differential(signal_btgrv, lam, noise_btg1v)  # a noise head serves r signal heads
   o_btgrv = layers.rms_norm(o_btgrv, p["subln"], cfg.attn_rms_norm_eps)
   o_btgrv = o_btgrv * (1 - cfg.lambda_init(layer))
   return o_btgrv.reshape(b, t, g * r, 2 * h)
