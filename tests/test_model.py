@@ -193,28 +193,16 @@ def test_remat_policy_equals_no_remat(remat):
   _assert_trees_close(grads_ref, grads_remat)
 
 
-def test_remat_changes_what_is_saved():
-  """The policy is really applied: full remat keeps fewer residuals than saving q/k/v/attn_out,
-  which keeps fewer than no remat."""
-  cfg = tiny_config(scan_layers=False)
-  params = random_params(cfg)
-  tokens = random_tokens(cfg, 2, 8)
-
-  def saved_elements(remat):
-    c = dataclasses.replace(cfg, remat=remat)
-    # The vjp closure is a pytree whose leaves are the residuals kept for the backward pass.
-    vjp_fn = jax.eval_shape(lambda p: jax.vjp(lambda q: forward(q, tokens, c).sum(), p)[1],
-                            params)
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(vjp_fn))
-
-  assert saved_elements("full") < saved_elements("qkv_attn_out") < saved_elements("none")
-
-
 def test_bfloat16_compute_tracks_float32():
+  """bf16 logits are about 1% (RMS) off the f32 ones here (8-bit mantissas through two layers):
+  bounded at 3%, and nonzero, so a bf16 setting that is ignored fails. Which ops run in which
+  dtype (a norm in bf16 changes this figure too little to see) is test_wiring's jaxpr check."""
   cfg = tiny_config()
   params = random_params(cfg)
   tokens = random_tokens(cfg, 2, 8)
   ref = np.asarray(forward_logits(params, tokens, cfg))
   low = forward_logits(params, tokens, dataclasses.replace(cfg, dtype="bfloat16"))
   assert low.dtype == jnp.float32  # logits are always float32
-  assert np.abs(np.asarray(low) - ref).max() < 0.1 * np.abs(ref).max()
+  rel_rms = np.sqrt(np.mean((np.asarray(low) - ref) ** 2) / np.mean(ref ** 2))
+  assert 2e-3 < rel_rms < 3e-2, rel_rms
+  assert np.abs(np.asarray(low) - ref).max() < 0.04 * np.abs(ref).max()
