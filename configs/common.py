@@ -150,7 +150,8 @@ def data(**overrides) -> ml_collections.ConfigDict:
       ),
       toy=dict(
           seed=0,
-          problems=600,  # per domain (arith, lists); each rendered by both teachers
+          domains="arith,lists",  # of arith, lists, code (Python functions graded by unit tests)
+          problems=600,  # per domain; each rendered by both teachers
           min_steps=2,  # difficulty = number of operations
           max_steps=8,
           error_rate=0.15,  # misaligned teacher: share of traces with a wrong answer

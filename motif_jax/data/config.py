@@ -14,6 +14,7 @@ from typing import Any
 
 from motif_jax import typed_config
 from motif_jax.data.template import ChatTemplate
+from motif_jax.data.toy_problems import DOMAINS
 
 VERIFY_METHODS = ("exact", "math_verify", "tests")
 FILTER_NAMES = ("format", "verify", "verbosity", "granularity", "style", "dedup")
@@ -159,6 +160,7 @@ class FilterConfig:
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
   seed: int
+  domains: tuple[str, ...]  # from "arith,lists,code" (motif_jax.data.toy_problems.DOMAINS)
   problems: int  # per domain
   min_steps: int  # difficulty = number of operations
   max_steps: int
@@ -169,6 +171,12 @@ class ToyConfig:
   heldout_per_difficulty: int  # per domain and difficulty
 
   def __post_init__(self):
+    object.__setattr__(self, "domains", _split(self.domains))
+    if not self.domains or len(set(self.domains)) != len(self.domains):
+      _fail(f"data.toy.domains={','.join(self.domains)!r}", "must name distinct domains")
+    for domain in self.domains:
+      if domain not in DOMAINS:
+        _fail(f"data.toy.domains item {domain!r}", f"must be one of {DOMAINS}")
     _positive(self, "data.toy", "problems", "min_steps", "reference_size")
     _band(self, "data.toy", "min_steps", "max_steps")
     for name in ("error_rate", "format_error_rate", "duplicate_rate"):

@@ -1,10 +1,12 @@
 """The toy reasoning corpus: problems rendered by two teachers, a target sample, a held-out set.
 
 - aligned teacher (`teacher_aligned`): the target style, one numbered line per operation,
-  `<think>\\n1. 7 + 5 = 12\\n2. 12 * 3 = 36\\n</think>\\n\\boxed{36}`;
+  `<think>\\n1. 7 + 5 = 12\\n2. 12 * 3 = 36\\n</think>\\n\\boxed{36}`; for code, one numbered
+  line per statement and the function in a fenced block after the think block;
 - misaligned teacher (`teacher_misaligned`): verbose prose paragraphs that each cover two or three
   operations, with filler sentences; a share `error_rate` of its answers are wrong (a slipped
-  intermediate result) and a share `format_error_rate` has a broken think block or no boxed answer;
+  intermediate result, or for code a wrong statement) and a share `format_error_rate` has a broken
+  think block or no boxed answer (no fenced code block);
 - `reference`: the target model's own outputs (the aligned style) on fresh problems, the sample
   the style profile is measured on;
 - `heldout`: problems (prompt + answer) per domain and difficulty for greedy-generation accuracy,
@@ -23,8 +25,8 @@ import random
 from motif_jax.data.config import ToyConfig
 from motif_jax.data import sources
 from motif_jax.data.records import Record
-from motif_jax.data.toy_problems import (DOMAINS, Problem, format_value, make_problem, op_phrase,
-                                         run, step_text)
+from motif_jax.data.toy_problems import (Problem, code_solution, code_statement, format_value,
+                                         make_problem, op_phrase, run, slip_op, step_text)
 
 ALIGNED, MISALIGNED, REFERENCE = "teacher_aligned", "teacher_misaligned", "target_reference"
 _CONNECTIVES = ("Next,", "After that,", "Then", "Now", "Moving on,", "Following that,")
@@ -44,14 +46,20 @@ def _rng(cfg: ToyConfig, stream: str) -> random.Random:
 def problems(cfg: ToyConfig, stream: str, per_domain: int) -> list[Problem]:
   rng = _rng(cfg, stream)
   return [make_problem(rng, domain, rng.randint(cfg.min_steps, cfg.max_steps))
-          for domain in DOMAINS for _ in range(per_domain)]
+          for domain in cfg.domains for _ in range(per_domain)]
 
 
 def aligned_response(problem: Problem) -> str:
   values = run(problem)
   lines = [f"{i + 1}. {step_text(problem, i, values[i], values[i + 1])}"
            for i in range(problem.difficulty)]
+  if problem.domain == "code":
+    return "<think>\n" + "\n".join(lines) + f"\n</think>\n{_fenced(code_solution(problem.ops))}"
   return "<think>\n" + "\n".join(lines) + f"\n</think>\n\\boxed{{{format_value(values[-1])}}}"
+
+
+def _fenced(program: str) -> str:
+  return f"```python\n{program}```"
 
 
 def _prose_step(rng: random.Random, problem: Problem, i: int, before, after) -> str:
@@ -61,6 +69,10 @@ def _prose_step(rng: random.Random, problem: Problem, i: int, before, after) -> 
     word = {"add": "plus", "sub": "minus", "mul": "times"}[kind]
     return (f"{lead} the problem tells us to {op_phrase(problem, i)}, so {before} {word} {arg} "
             f"gives us {after}.")
+  if problem.domain == "code":
+    return (f"{lead} the function has to {op_phrase(problem, i)}, which I can write as "
+            f"`{code_statement(problem.ops[i])}`; on the example it turns "
+            f"{format_value(before)} into {format_value(after)}.")
   return (f"{lead} we need to {op_phrase(problem, i)}, which turns {format_value(before)} into "
           f"{format_value(after)}.")
 
@@ -69,19 +81,15 @@ def misaligned_response(problem: Problem, rng: random.Random, cfg: ToyConfig) ->
   slip = None
   if rng.random() < cfg.error_rate:
     slip = (rng.randrange(problem.difficulty), rng.choice((-3, -2, -1, 1, 2, 3)))
+  if problem.domain == "code":
+    return _misaligned_code(problem, rng, cfg, slip)
   values = run(problem, slip)
   if slip is not None and values[-1] == run(problem)[-1]:  # the slip was undone: slip at the end
     values[-1] = run(Problem(problem.domain, values[-2], problem.ops[-1:]), (0, slip[1]))[-1]
   paragraphs = [f"Okay, so the problem asks me to start from {format_value(problem.start)} and "
                 f"apply {problem.difficulty} operations one after another. Let me work through "
                 "it carefully, step by step, keeping track of the running value."]
-  i = 0
-  while i < problem.difficulty:
-    group = range(i, min(problem.difficulty, i + rng.randint(2, 3)))
-    sentences = [_prose_step(rng, problem, j, values[j], values[j + 1]) for j in group]
-    sentences.insert(rng.randrange(len(sentences) + 1), rng.choice(_FILLERS))
-    paragraphs.append(" ".join(sentences))
-    i = group[-1] + 1
+  paragraphs += _prose_paragraphs(rng, problem, values)
   answer = format_value(values[-1])
   paragraphs.append(f"So after applying all of the operations in order, the running value ends "
                     f"at {answer}. I am fairly confident in this result.")
@@ -94,9 +102,45 @@ def misaligned_response(problem: Problem, rng: random.Random, cfg: ToyConfig) ->
   return "<think>\n" + "\n\n".join(paragraphs) + "\n</think>\n" + final
 
 
+def _prose_paragraphs(rng: random.Random, problem: Problem, values: list) -> list[str]:
+  """Paragraphs of two or three operations each, with a filler sentence in each."""
+  paragraphs, i = [], 0
+  while i < problem.difficulty:
+    group = range(i, min(problem.difficulty, i + rng.randint(2, 3)))
+    sentences = [_prose_step(rng, problem, j, values[j], values[j + 1]) for j in group]
+    sentences.insert(rng.randrange(len(sentences) + 1), rng.choice(_FILLERS))
+    paragraphs.append(" ".join(sentences))
+    i = group[-1] + 1
+  return paragraphs
+
+
+def _misaligned_code(problem: Problem, rng: random.Random, cfg: ToyConfig,
+                     slip: tuple[int, int] | None) -> str:
+  """Prose paragraphs, then the function; a slip writes one operation wrong (prose included)."""
+  ops = list(problem.ops)
+  if slip is not None:
+    ops[slip[0]] = slip_op(ops[slip[0]], slip[1])
+  written = Problem(problem.domain, problem.start, tuple(ops))
+  paragraphs = [f"Okay, so I need to write a function f(xs) that applies {problem.difficulty} "
+                "list operations one after another. Let me work through them carefully, step "
+                "by step, checking each one on the example from the problem."]
+  paragraphs += _prose_paragraphs(rng, written, run(written))
+  paragraphs.append("Putting all of these statements together in order, the function should "
+                    "behave exactly as the problem describes. I am fairly confident in it.")
+  program = code_solution(written.ops)
+  final = f"Here is the complete function:\n{_fenced(program)}"
+  if rng.random() < cfg.format_error_rate:  # broken format: half unclosed think, half no fence
+    if rng.random() < 0.5:
+      return "<think>\n" + "\n\n".join(paragraphs) + "\n\n" + final
+    final = f"Here is the complete function:\n{program}"
+  return "<think>\n" + "\n\n".join(paragraphs) + "\n</think>\n" + final
+
+
 def _record(problem: Problem, response: str, source: str, index: int) -> Record:
+  """Toy domains carry the reference answer; code carries unit tests instead."""
+  code = problem.domain == "code"
   return Record(prompt=problem.prompt, response=response, domain=problem.domain, source=source,
-                answer=problem.answer,
+                answer=None if code else problem.answer, tests=problem.tests,
                 meta=dict(difficulty=problem.difficulty,
                           problem_id=f"{problem.domain}-{index:06d}"))
 
@@ -116,7 +160,7 @@ def corpus(cfg: ToyConfig, teachers: tuple[str, ...] = (ALIGNED, MISALIGNED)) ->
     near = dup_rng.random() < 0.5
     prompt = original.prompt + (" Show your work." if near else "")
     records.append(Record(prompt=prompt, response=original.response, domain=original.domain,
-                          source=original.source, answer=original.answer,
+                          source=original.source, answer=original.answer, tests=original.tests,
                           meta={**original.meta, "duplicate": "near" if near else "exact"}))
   _rng(cfg, "order").shuffle(records)
   return records
@@ -133,7 +177,7 @@ def heldout(cfg: ToyConfig) -> list[Problem]:
   seen = {p.prompt for p in problems(cfg, "train", cfg.problems)}
   rng = _rng(cfg, "heldout")
   out = []
-  for domain in DOMAINS:
+  for domain in cfg.domains:
     for steps in range(cfg.min_steps, cfg.max_steps + 1):
       found = 0
       while found < cfg.heldout_per_difficulty:
@@ -145,9 +189,14 @@ def heldout(cfg: ToyConfig) -> list[Problem]:
   return out
 
 
+def heldout_records(cfg: ToyConfig) -> list[Record]:
+  """The held-out problems as records (aligned response, answer or tests, difficulty, id)."""
+  return [_record(p, aligned_response(p), "heldout", i) for i, p in enumerate(heldout(cfg))]
+
+
 def save_splits(workdir: str, cfg: ToyConfig) -> None:
-  """toy_reference.jsonl (target-style sample) and toy_heldout.jsonl (prompt, answer, domain,
-  difficulty) under `workdir`."""
+  """toy_reference.jsonl (target-style sample) and toy_heldout.jsonl (prompt, answer or tests,
+  domain, difficulty) under `workdir`."""
   os.makedirs(workdir, exist_ok=True)
   sources.write_records(os.path.join(workdir, "toy_reference.jsonl"), reference(cfg))
   with open(os.path.join(workdir, "toy_heldout.jsonl"), "w") as f:

@@ -2,10 +2,14 @@
 
 - `arith`: an integer and a chain of add / subtract / multiply operations.
 - `lists`: a list of digits and a chain of list operations (reverse, sort, append, rotate...).
+- `code`: write a Python function `f(xs)` that applies such a chain of list operations to any
+  list; graded by unit tests (`code_tests`: `assert f([...]) == [...]` on the prompt's example
+  and on fixed inputs, the empty list included), not by a reference answer.
 
 A problem is data (`start`, `ops`); `run` replays the operations and returns every intermediate
 value, optionally with a slip (a wrong intermediate result that propagates), which is how the
-misaligned teacher makes its occasional wrong answers.
+misaligned teacher makes its occasional wrong answers (a code slip is a wrong operation
+argument or a swapped operation: `slip_op`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-DOMAINS = ("arith", "lists")
+DOMAINS = ("arith", "lists", "code")
 Value = int | tuple[int, ...]
 Op = tuple[str, int]  # (kind, argument); argument 0 when the kind takes none
 
@@ -31,6 +35,16 @@ _LIST_SHORT = {
     "rotate": "rotate left", "drop_even": "remove evens",
 }
 _MAX_LIST = 8
+# One Python statement per list operation, rebinding `xs` (the aligned code style).
+_CODE_STATEMENT = {
+    "reverse": "xs = xs[::-1]", "sort": "xs = sorted(xs)",
+    "sort_desc": "xs = sorted(xs, reverse=True)", "drop_first": "xs = xs[1:]",
+    "append": "xs = xs + [{}]", "add": "xs = [x + {} for x in xs]",
+    "rotate": "xs = xs[1:] + xs[:1]", "drop_even": "xs = [x for x in xs if x % 2]",
+}
+_SWAPPED = {"reverse": "rotate", "rotate": "reverse", "sort": "sort_desc", "sort_desc": "sort",
+            "drop_first": "drop_even", "drop_even": "drop_first"}
+CODE_TEST_INPUTS = ((), (5,), (2, 7, 1, 8, 2, 8))  # besides the prompt's example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +65,17 @@ class Problem:
   def answer(self) -> str:
     return format_value(run(self)[-1])
 
+  @property
+  def tests(self) -> tuple[str, ...]:
+    """Unit tests of a code problem (one assert each); () for the other domains."""
+    return code_tests(self) if self.domain == "code" else ()
+
   def to_json(self) -> dict:
-    return dict(prompt=self.prompt, answer=self.answer, domain=self.domain,
-                difficulty=self.difficulty)
+    """Prompt, domain, difficulty and the reference: `answer`, or `tests` for code."""
+    out = dict(prompt=self.prompt, domain=self.domain, difficulty=self.difficulty)
+    if self.domain == "code":
+      return {**out, "tests": list(self.tests)}
+    return {**out, "answer": self.answer}
 
 
 def format_value(value: Value) -> str:
@@ -123,6 +145,30 @@ def make_problem(rng: random.Random, domain: str, steps: int) -> Problem:
   return Problem(domain, start, tuple(ops))
 
 
+def slip_op(op: Op, delta: int) -> Op:
+  """A plausible wrong operation: its argument off by `delta`, or a similar operation."""
+  kind, arg = op
+  return (kind, arg + delta) if kind in ("append", "add") else (_SWAPPED[kind], 0)
+
+
+def code_statement(op: Op) -> str:
+  kind, arg = op
+  return _CODE_STATEMENT[kind].format(arg)
+
+
+def code_solution(ops: tuple[Op, ...]) -> str:
+  """`def f(xs):` with one statement per operation: the aligned teacher's program."""
+  body = "".join(f"    {code_statement(op)}\n" for op in ops)
+  return f"def f(xs):\n{body}    return xs\n"
+
+
+def code_tests(problem: Problem) -> tuple[str, ...]:
+  inputs = (problem.start, *(x for x in CODE_TEST_INPUTS if x != problem.start))
+  return tuple(f"assert f({format_value(x)}) == "
+               f"{format_value(run(Problem(problem.domain, x, problem.ops))[-1])}"
+               for x in inputs)
+
+
 def op_phrase(problem: Problem, i: int) -> str:
   """Operation i as the prompt words it: `multiply by 3`, `append 4`."""
   kind, arg = problem.ops[i]
@@ -134,13 +180,21 @@ def render_prompt(problem: Problem) -> str:
   chain = ", then ".join(steps)
   if problem.domain == "arith":
     return f"Start with {problem.start}. {chain[0].upper()}{chain[1:]}. What is the result?"
+  if problem.domain == "code":
+    example = format_value(run(problem)[-1])
+    return (f"Write a Python function f(xs) that returns the list of integers xs after these "
+            f"operations: {chain}. For example, f({format_value(problem.start)}) returns "
+            f"{example}.")
   return (f"Start with the list {format_value(problem.start)}. {chain[0].upper()}{chain[1:]}. "
           "What is the final list?")
 
 
 def step_text(problem: Problem, i: int, before: Value, after: Value) -> str:
-  """The concise description of operation i: `7 + 5 = 12` or `reverse -> [1, 4, 1, 3]`."""
+  """The concise description of operation i: `7 + 5 = 12`, `reverse -> [1, 4, 1, 3]` or, for
+  code, `reverse -> xs = xs[::-1]`."""
   kind, arg = problem.ops[i]
   if problem.domain == "arith":
     return f"{before} {_ARITH_SYMBOL[kind]} {arg} = {after}"
+  if problem.domain == "code":
+    return f"{_LIST_SHORT[kind].format(arg)} -> {code_statement(problem.ops[i])}"
   return f"{_LIST_SHORT[kind].format(arg)} -> {format_value(after)}"

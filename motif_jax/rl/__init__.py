@@ -1,0 +1,1 @@
+"""Reinforcement learning: rewards, the code sandbox and the RL step pieces."""
