@@ -16,8 +16,8 @@ completion's length and budget in tokens, whether it stopped or ran out of budge
 |          | to -1 at the budget: (budget - window - length) / window                           |
 
 Each returns 0 with `details["reason"]` when it fails. A domain's reward is sum(weight * term)
-over `RewardConfig.terms[domain]`; the domain's correctness term (the first of `VERIFIERS` in
-its list) gives `details["correct"]`.
+over `RewardConfig.terms[domain]`; the domain's first verifier term (math, exact, code: registered
+with `verifier=True`) gives `details["correct"]`.
 
 `Scorer.score` scores a batch: cheap terms inline; math-verify (sympy) in a process pool whose
 worker is killed at `verifier_timeout_s` (a hang in C code cannot be interrupted otherwise, and
@@ -44,7 +44,6 @@ from motif_jax.data.template import ChatTemplate
 from motif_jax.data.traces import Trace, split_trace
 
 EXECUTORS = ("inline", "process", "thread")
-VERIFIERS = ("math", "exact", "code")  # terms that say whether an answer is correct
 _THREAD_GRACE_S = 5.0  # beyond the sandbox's own deadline, before a code term is abandoned
 # Steps are not scored: only the think block and the final answer are read.
 _TRACE = TraceConfig(step_split=r"\n+", numbered_step=r"^\s*\d")
@@ -143,23 +142,25 @@ class RewardSpec:
   fn: Callable[..., Reward]
   executor: str  # inline | process (killed at the deadline) | thread (for subprocess work)
   settings: Callable[["RewardConfig"], dict[str, Any]]  # keyword arguments bound from the config
+  verifier: bool  # scores 1 exactly when the answer is correct (gives details["correct"])
 
 
 REWARDS: dict[str, RewardSpec] = {}
 
 
 def register(name: str, fn: Callable[..., Reward], *, executor: str = "inline",
-             settings: Callable[["RewardConfig"], dict[str, Any]] = lambda cfg: {}) -> None:
+             settings: Callable[["RewardConfig"], dict[str, Any]] = lambda cfg: {},
+             verifier: bool = False) -> None:
   """Add a reward; `process` rewards must be picklable (module-level functions)."""
   if executor not in EXECUTORS:
     raise ValueError(f"reward {name!r}: executor={executor!r} must be one of {EXECUTORS}")
-  REWARDS[name] = RewardSpec(fn, executor, settings)
+  REWARDS[name] = RewardSpec(fn, executor, settings, verifier)
 
 
-register("math", math_reward, executor="process",
+register("math", math_reward, executor="process", verifier=True,
          settings=lambda cfg: dict(timeout_s=max(1, int(cfg.verifier_timeout_s))))
-register("exact", exact_reward)
-register("code", code_reward, executor="thread",
+register("exact", exact_reward, verifier=True)
+register("code", code_reward, executor="thread", verifier=True,
          settings=lambda cfg: dict(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb))
 register("format", format_reward)
 register("overlong", overlong_reward, settings=lambda cfg: dict(window=cfg.overlong_window))
@@ -326,7 +327,7 @@ class Scorer:
 
 def combine(text: str, context: Context, terms: Sequence[tuple[str, float, Reward]]) -> Reward:
   """sum(weight * score); `correct` from the first verifier term (None when there is none)."""
-  correct = next((r.score >= 1.0 for name, _, r in terms if name in VERIFIERS), None)
+  correct = next((r.score >= 1.0 for name, _, r in terms if REWARDS[name].verifier), None)
   details = {"answer": parse(text, context).answer, "correct": correct,
              "terms": {name: {"score": r.score, "weight": w, **r.details} for name, w, r in terms}}
   return Reward(sum(w * r.score for _, w, r in terms), details)

@@ -1,0 +1,70 @@
+"""Evaluate a checkpoint: n samples per prompt, verifiable rewards, pass@k / maj@n by domain and
+difficulty (motif_jax/evaluation.py, motif_jax/eval_run.py).
+
+  python -m experiments.evaluate --config=configs/evaluate.py --workdir=/tmp/eval \
+      --config.checkpoint=/tmp/sft1
+  python -m experiments.evaluate --config=configs/evaluate.py:smoke --workdir=/tmp/eval_smoke \
+      --config.checkpoint=/tmp/sft_smoke
+  python -m experiments.evaluate --config=configs/evaluate.py --workdir=/tmp/eval_math \
+      --config.checkpoint=/tmp/imported --config.data=math_prompts.jsonl \
+      --config.tokenizer=/models/x/tokenizer.json
+
+`checkpoint` is a params directory (model_config.json + params/, as experiments.convert writes)
+or a run workdir holding one in final/ (experiments.sft). `data` is `toy` (the toy held-out
+problems, `toy` section) or JSONL/Parquet records with a `prompt`, a `domain` and an `answer` or
+`tests` (a `response` is not needed). The workdir receives eval.json, eval.md, samples.jsonl,
+accuracy_by_difficulty.png and response_lengths.png; a rerun resumes (prompts already in
+samples.jsonl are not sampled again).
+
+Variants: smoke (6 toy prompts x 2 samples of 16 tokens: seconds on CPU), greedy (1 sample at
+temperature 0: pass@1 = greedy accuracy).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, smoke=False, greedy=False)
+  config = ml_collections.ConfigDict()
+  config.checkpoint = ""  # params directory or run workdir (its final/); required
+  config.data = "toy"  # toy | comma-separated JSONL/Parquet paths or globs
+  config.max_prompts = 0  # evaluate the first N prompts only; 0 = all
+  data = common.data()
+  config.toy = data.toy  # the held-out problems when data=toy
+  config.toy.domains = "arith,lists,code"
+  config.tokenizer = ""  # "" = byte-level; else a Hugging Face tokenizer.json (imported models)
+  config.template = data.template  # chat template (prompt ends with assistant tag + <think>)
+  config.mesh = common.mesh()  # params sharded as the trainer shards them; rows over batch axes
+  config.eval = ml_collections.ConfigDict(dict(
+      num_samples=8,  # completions per prompt (n of pass@k, maj@n)
+      max_new_tokens=512,  # completion budget, tokens
+      temperature=1.0,  # 0 = greedy
+      top_p=1.0,
+      top_k=0,  # 0 = off
+      ks="1,4,8",  # pass@k reported; each <= num_samples
+      prompt_batch=16,  # prompts per sampler call (and per samples.jsonl flush)
+      seed=0,
+  ))
+  config.rewards = ml_collections.ConfigDict(dict(
+      terms=dict(  # domain -> "reward:weight,...": the first verifier term decides correctness
+          arith="exact,format:0.1",
+          lists="exact,format:0.1",
+          code="code,format:0.1",
+          math="math,format:0.1,overlong:0.5",
+      ),
+      default_terms="exact,format:0.1",  # other domains; "" = an error
+      overlong_window=128,  # tokens before the budget where the overlong penalty ramps to -1
+      verifier_timeout_s=10.0,  # math-verify per answer (the worker is killed after it)
+      code_timeout_s=5.0,  # sandbox deadline per program
+      code_memory_mb=512,  # sandbox address-space limit
+      max_workers=4,  # concurrent slow verifications
+  ))
+  if args.smoke:
+    config.toy.update(dict(max_steps=3, heldout_per_difficulty=1))  # 3 domains x 2 = 6 prompts
+    config.eval.update(dict(num_samples=2, max_new_tokens=16, ks="1,2", prompt_batch=8))
+    config.rewards.overlong_window = 4
+  if args.greedy:
+    config.eval.update(dict(num_samples=1, temperature=0.0, ks="1"))
+  return config
