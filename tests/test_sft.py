@@ -34,18 +34,23 @@ def _normalized_grads(params, batch, cfg):
   return loss_sum / tokens, jax.tree.map(lambda g: g / tokens, grads), tokens
 
 
-def test_microbatched_gradient_equals_full_batch_with_ragged_token_counts():
+@pytest.fixture(scope="module")
+def full_batch_oracle():
+  """(model, params, batch, loss, gradient): one jax.grad of the token-mean loss over the batch."""
   model = tiny_config()
   params = random_params(model)
   batch = synthetic_batch(model)
-  counts = batch["loss_mask"].sum(1)
-  assert len(set(np.asarray(counts).tolist())) > 3  # ragged on purpose
 
-  # The oracle: one jax.grad of the token-mean loss over the whole batch.
   def full_mean(p):
     loss_sum, aux = sft_loss(p, batch, SFTConfig(model))
     return loss_sum / aux["tokens"]
-  oracle_loss, oracle = jax.jit(jax.value_and_grad(full_mean))(params)
+  return (model, params, batch, *jax.jit(jax.value_and_grad(full_mean))(params))
+
+
+def test_microbatched_gradient_equals_full_batch_with_ragged_token_counts(full_batch_oracle):
+  model, params, batch, oracle_loss, oracle = full_batch_oracle
+  counts = batch["loss_mask"].sum(1)
+  assert len(set(np.asarray(counts).tolist())) > 3  # ragged on purpose
 
   loss4, grads4, tokens = _normalized_grads(params, batch, SFTConfig(model, num_microbatches=4))
   assert float(tokens) == float(counts.sum())
@@ -96,6 +101,22 @@ def test_non_finite_step_is_skipped_and_counted():
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state3.params["layers"],
                          state2.params["layers"])
   assert all(jax.tree.leaves(changed))
+
+
+def test_microbatched_step_equals_the_full_batch_update(full_batch_oracle):
+  """One sft_step of plain SGD with 4 micro-batches (lr 1: new params = params - mean gradient,
+  so any scale error in the accumulation shows, unlike Adam's first step, about lr * sign(g))
+  gives the full batch's loss, token count and the oracle's updated params."""
+  model, params, batch, oracle_loss, oracle_grads = full_batch_oracle
+  sgd = optax.sgd(1.0)
+  step = _step_fn(model, sgd, optax.constant_schedule(1.0), microbatches=4)
+  new, metrics = step(init_train_state(params, sgd), batch)
+  np.testing.assert_allclose(metrics["loss/ce"], oracle_loss, rtol=1e-6)
+  assert int(metrics["train/tokens"]) == int(batch["loss_mask"].sum())
+  expected = jax.tree.map(jnp.subtract, params, oracle_grads)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new.params)[0],
+                          jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon"])
