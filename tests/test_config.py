@@ -6,7 +6,7 @@ import pytest
 
 from configs import common, motif2_12b, tiny
 from motif_jax import checkpoint
-from motif_jax.model import ModelConfig
+from motif_jax.model import ModelConfig, count_params, param_specs
 
 
 def test_motif2_12b_numbers_match_recipe():
@@ -76,10 +76,41 @@ def test_parse_arg_variants():
     common.parse_arg("seq", seq=1)
 
 
-@pytest.mark.parametrize("module,arg", [(tiny, None), (tiny, "smoke"), (tiny, "gqa"),
-                                        (motif2_12b, None), (motif2_12b, "smoke")])
-def test_every_variant_converts(module, arg):
-  ModelConfig.from_config_dict(module.get_config(arg).model)
+def _gda_polynorm_count(v, d, layers, n, k, h, f, ratio=4):
+  """By hand: q [d, n·h], k and v [d, k·h], o [(n·r/(r+1))·2h, d], four λ [h], SubLN [2h],
+  gate/up/down [d, f], PolyNorm 3 + 1, two norms [d]; untied embed + head, final norm."""
+  per_layer = (d * n * h + 2 * d * k * h + n * ratio // (ratio + 1) * 2 * h * d + 4 * h + 2 * h
+               + 3 * d * f + 4 + 2 * d)
+  return layers * per_layer + 2 * v * d + d
+
+
+def _gqa_swiglu_count(v, d, layers, n, k, h, f):
+  return layers * (2 * d * n * h + 2 * d * k * h + 3 * d * f + 2 * d) + 2 * v * d + d
+
+
+# (attention, mlp, layers, d_model, heads, kv heads, head_dim, d_ff, vocab, dtype, params)
+VARIANTS = {
+    (tiny, None): ("gda", "polynorm", 4, 256, 20, 8, 32, 512, 512, "float32",
+                   _gda_polynorm_count(512, 256, 4, 20, 8, 32, 512)),  # 4,066,320: "4.07M"
+    (tiny, "smoke"): ("gda", "polynorm", 2, 128, 20, 8, 32, 256, 512, "float32",
+                      _gda_polynorm_count(512, 128, 2, 20, 8, 32, 256)),
+    (tiny, "gqa"): ("gqa", "swiglu", 4, 256, 8, 4, 32, 512, 512, "float32",
+                    _gqa_swiglu_count(512, 256, 4, 8, 4, 32, 512)),
+    (motif2_12b, None): ("gda", "polynorm", 40, 4096, 40, 16, 128, 16384, 219520, "bfloat16",
+                         12_703_860_896),
+    (motif2_12b, "smoke"): ("gda", "polynorm", 2, 128, 40, 16, 16, 256, 1024, "float32",
+                            _gda_polynorm_count(1024, 128, 2, 40, 16, 16, 256)),
+}
+
+
+@pytest.mark.parametrize("module,arg", list(VARIANTS), ids=lambda x: getattr(x, "__name__", x))
+def test_every_variant_builds_the_model_it_names(module, arg):
+  cfg = ModelConfig.from_config_dict(module.get_config(arg).model)
+  got = (cfg.attention, cfg.mlp, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.num_kv_heads,
+         cfg.head_dim, cfg.d_ff, cfg.vocab_size, cfg.dtype, count_params(param_specs(cfg)))
+  assert got == VARIANTS[module, arg]
+  assert not cfg.tie_embeddings
+  assert _gda_polynorm_count(219520, 4096, 40, 40, 16, 128, 16384) == 12_703_860_896
 
 
 def test_saved_configs_without_a_newer_runtime_field_load_with_its_default():
