@@ -333,7 +333,8 @@ class Evaluator:
       correct[f"eval/accuracy/{row['domain']}/d{row['difficulty']}"].append(row["correct"])
     out = {k: float(np.mean(v)) for k, v in correct.items()}
     out["eval/accuracy"] = result.metrics["overall"]["pass@1"]  # greedy: pass@1 = accuracy
-    out["eval/format_ok"] = 1.0 - result.metrics["overall"]["format_error_rate"]
+    # Closed think block and an extractable answer (truncation aside, unlike format_error_rate).
+    out["eval/format_ok"] = float(np.mean([row["answer"] is not None for row in result.rows]))
     return out
 
   def evaluate(self, params, *, log: Callable[[str], None] = print) -> dict[str, float]:

@@ -41,6 +41,13 @@ def test_math_reward_by_equivalence_not_by_text():
   assert wrong.score == 0.0 and wrong.details["reason"] == "wrong_answer"
   # An answer inside an unclosed think block is no answer.
   assert math("<think>\nx \\boxed{0.5}", half).details["reason"] == "no_extracted_answer"
+  # Off the main thread math-verify's signal-based timeout is off instead of raising.
+  off_main = []
+  thread = threading.Thread(
+      target=lambda: off_main.append(math("<think>\nx\n</think>\n\\boxed{0.5}", half)))
+  thread.start()
+  thread.join()
+  assert off_main[0].score == 1.0, off_main
 
 
 def test_exact_reward_normalizes_whitespace_only():
