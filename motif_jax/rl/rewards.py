@@ -79,7 +79,8 @@ def _pass_or(reason: str | None, **details) -> Reward:
 
 # ---- the reward functions --------------------------------------------------------------------
 
-def math_reward(text: str, record: Record, context: Context = Context(), *, timeout_s: int) -> Reward:
+def math_reward(text: str, record: Record, context: Context = Context(), *,
+                timeout_s: int) -> Reward:
   trace = parse(text, context)
   return _pass_or(verify.math_match(record.answer, trace.final, timeout_s=timeout_s),
                   answer=trace.answer)
@@ -91,7 +92,7 @@ def exact_reward(text: str, record: Record, context: Context = Context()) -> Rew
 
 
 def code_reward(text: str, record: Record, context: Context = Context(), *, timeout_s: float,
-         memory_mb: int) -> Reward:
+                memory_mb: int) -> Reward:
   from motif_jax.rl import sandbox  # noqa: PLC0415 (only code domains need it)
   if not record.tests:
     return _fail("no_tests")
@@ -119,7 +120,8 @@ def format_reward(text: str, record: Record, context: Context = Context()) -> Re
 
 
 def overlong_penalty(length: int, budget: int, window: int) -> float:
-  """DAPO eq. 13: 0 up to budget - window tokens, linear to -1 at the budget, -1 beyond."""
+  """DAPO's soft overlong punishment (Yu et al. 2025): 0 up to budget - window tokens, then
+  linear down to -1 at the budget, -1 beyond it."""
   if length <= budget - window:
     return 0.0
   if length <= budget:
@@ -127,7 +129,8 @@ def overlong_penalty(length: int, budget: int, window: int) -> float:
   return -1.0
 
 
-def overlong_reward(text: str, record: Record, context: Context = Context(), *, window: int) -> Reward:
+def overlong_reward(text: str, record: Record, context: Context = Context(), *,
+                    window: int) -> Reward:
   del text, record
   if context.length is None or context.max_new_tokens is None:
     raise ValueError("the overlong reward needs Context(length=, max_new_tokens=)")
