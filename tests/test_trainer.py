@@ -1,6 +1,7 @@
 """The SFT trainer end to end: smoke run, resume exactness across processes, crash during a
 checkpoint save, stage-2 initialization and config errors."""
 
+import functools
 import json
 import os
 import subprocess
@@ -9,12 +10,16 @@ import textwrap
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import sft as sft_config
-from motif_jax import checkpoint, trainer
+from motif_jax import checkpoint, optim, trainer
+from motif_jax.data import pipeline
+from motif_jax.sft import BATCH_KEYS, SFTConfig, sft_step
+from motif_jax.train_state import init_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
@@ -93,13 +98,32 @@ def test_resume_in_a_fresh_process_after_a_crash_during_save_is_exact(straight_r
 
 
 def test_stage2_starts_from_stage1_params_with_a_fresh_optimizer(straight_run, tmp_path):
+  """One AdamW step at a nonzero learning rate from stage 1's final params equals the same step
+  computed here from a fresh optimizer state on the run's first batch. Stage 1's Adam moments
+  carried over (or its params not loaded) would give other params."""
   straight_dir, _ = straight_run
   config = smoke_config(1, init_from=str(straight_dir))
-  config.optim.warmup_steps = 5  # lr 0 at step 0: the first update is zero
+  config.optim.update(dict(warmup_steps=0, learning_rate=1e-3))
   summary = trainer.train(config, str(tmp_path / "stage2"), log=lambda _: None)
-  assert summary["start_step"] == 0 and summary["train"]["train/lr"] == 0.0
-  for a, b in zip(jax.tree.leaves(_params(straight_dir)), jax.tree.leaves(summary["params"])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert summary["start_step"] == 0 and summary["train"]["train/lr"] == pytest.approx(1e-3)
+
+  run = trainer.RunConfig.from_config_dict(config)
+  optimizer, schedule = optim.make_optimizer(run.optim)
+  ds, _ = pipeline.sft_dataset(run.data, process_index=0, process_count=1)
+  it = iter(ds)
+  first = {k: jnp.asarray(v) for k, v in next(it).items() if k in BATCH_KEYS}
+  it.close()
+  fresh = init_train_state(_params(straight_dir), optimizer)
+  expected, _ = jax.jit(functools.partial(
+      sft_step, cfg=SFTConfig(run.model, run.train.num_microbatches, run.train.loss_impl,
+                              run.train.z_loss), optimizer=optimizer, schedule=schedule))(
+                                  fresh, first)
+  moved = 0.0
+  for a, b, c in zip(jax.tree.leaves(expected.params), jax.tree.leaves(summary["params"]),
+                     jax.tree.leaves(_params(straight_dir))):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
+    moved = max(moved, float(np.abs(np.asarray(b) - np.asarray(c)).max()))
+  assert moved > 5e-4  # the step did move the params (by about lr)
 
 
 def test_config_errors_name_the_field(tmp_path):
