@@ -20,6 +20,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from motif_jax import context_bench  # noqa: E402
+from motif_jax.launch import distributed  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", None, "JSON output path.", required=True)
 _METHODS = flags.DEFINE_list("methods", list(context_bench.METHODS), "Methods to compare.")
@@ -28,6 +29,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per method (median)."
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   if len(jax.devices()) < 8:
     raise SystemExit(f"needs 8 devices, found {len(jax.devices())}")
   results = context_bench.bench(tuple(_METHODS.value), _REPEATS.value)

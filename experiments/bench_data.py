@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from motif_jax.data import curate, pipeline
 from motif_jax.data.config import DataConfig
+from motif_jax.launch import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/data.py", "Config file[:variant].",
                                           lock_config=True)
@@ -25,6 +26,7 @@ _BATCHES = flags.DEFINE_integer("batches", 200, "Batches timed per worker count.
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   cfg = DataConfig.from_config_dict(_CONFIG.value.data)
   records, _ = pipeline.load_sft_records(cfg)
   tokenizer = curate.make_tokenizer(cfg)

@@ -16,6 +16,7 @@ import jax
 from absl import app, flags
 
 from motif_jax import kernel_bench
+from motif_jax.launch import distributed
 
 _OUT = flags.DEFINE_string("out", None, "JSON output path.", required=True)
 _IMPLS = flags.DEFINE_list("impls", ["reference", "xla", "pallas"], "Implementations to run.")
@@ -24,6 +25,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per implementation (m
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   impls = tuple(_IMPLS.value)
   result = {
       "cross_entropy": kernel_bench.bench_cross_entropy(impls, _REPEATS.value),

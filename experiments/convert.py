@@ -19,6 +19,7 @@ import jax
 
 from motif_jax.interop import hf, parity
 from motif_jax.model import count_params
+from motif_jax.launch import distributed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("from_hf", None, "Hugging Face checkpoint directory to import.")
@@ -30,6 +31,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if (FLAGS.from_hf is None) == (FLAGS.to_hf is None):

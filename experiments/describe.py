@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from motif_jax import sharding as shd
 from motif_jax.model import ModelConfig, accounting, validate_sharding
+from motif_jax.launch import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
                                           lock_config=True)
@@ -24,6 +25,7 @@ _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   config = _CONFIG.value
   try:
     cfg = ModelConfig.from_config_dict(config.model)

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from motif_jax.data import curate, report, toy_corpus
 from motif_jax.data.config import DataConfig
+from motif_jax.launch import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/data.py", "Config file[:variant].",
                                           lock_config=True)
@@ -26,6 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=Tr
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   config = _CONFIG.value
   try:
     cfg = DataConfig.from_config_dict(config.data)

@@ -34,6 +34,7 @@ from motif_jax import memory_plan  # noqa: E402
 from motif_jax import sharding as shd  # noqa: E402
 from motif_jax.model import ModelConfig  # noqa: E402
 from motif_jax.optim import OptimConfig  # noqa: E402
+from motif_jax.launch import distributed  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
                                           lock_config=True)
@@ -52,6 +53,7 @@ _OUT = flags.DEFINE_string("out", None, "JSON output path.")
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   config = _CONFIG.value
   model = ModelConfig.from_config_dict(config.model)
   optim = OptimConfig.from_config_dict(config.optim) if "optim" in config else OptimConfig()

@@ -20,6 +20,7 @@ from configs import sft as sft_config
 from motif_jax import trainer
 from motif_jax.data import curate, report, toy_corpus
 from motif_jax.data.config import DataConfig
+from motif_jax.launch import distributed
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/motif_quickstart", "Output directory.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0 = the config's 200).")
@@ -28,6 +29,7 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny corpus and a few steps (seconds
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   start = time.perf_counter()
   config = sft_config.get_config(f"{'smoke' if _SMOKE.value else 'quickstart'},"

@@ -12,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from motif_jax import trainer
+from motif_jax.launch import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].",
                                           lock_config=True)
@@ -21,10 +22,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  distributed.initialize()  # multi-host: --coordinator_address, JAX_* variables or Slurm
   try:
     summary = trainer.train(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:  # config errors name the field
     raise SystemExit(f"error: {e}") from None
+  if not distributed.is_primary():
+    return
   print(f"done: step {summary['step']}, {summary['tokens_per_s']:,.0f} training tokens/s, "
         f"outputs in {_WORKDIR.value}")
   for name, value in sorted(summary["eval"].items()):

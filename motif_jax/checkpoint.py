@@ -1,6 +1,8 @@
-"""Orbax checkpoints. For now params only: `<dir>/params` plus `<dir>/model_config.json`.
+"""Orbax checkpoints: params (`<dir>/params` plus `<dir>/model_config.json`) and training
+checkpoints (train state + each process's data iterator state under one step).
 
-Orbax writes into a temporary directory and renames it when complete, so a crash never leaves a
+Every process calls the save functions in a multi-host run: Orbax writes each process's shards
+and process 0 the metadata and files the processes would write alike. Orbax writes into a temporary directory and renames it when complete, so a crash never leaves a
 half-written `params`; `model_config.json` is written to a temporary file and renamed likewise.
 Restores go straight into the target sharding (no host copy of the full tree).
 """
@@ -14,8 +16,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from motif_jax.model.config import RUNTIME_FIELDS, ModelConfig
@@ -47,9 +51,11 @@ def save_params(directory: str | Path, cfg: ModelConfig, params: Any) -> Path:
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
-  tmp = directory / (CONFIG_FILE + ".tmp")
-  tmp.write_text(config_to_json(cfg))
-  os.replace(tmp, directory / CONFIG_FILE)
+  if jax.process_index() == 0:
+    tmp = directory / (CONFIG_FILE + ".tmp")
+    tmp.write_text(config_to_json(cfg))
+    os.replace(tmp, directory / CONFIG_FILE)
+  _barrier(f"save_params:{directory}")
   return directory
 
 
@@ -57,15 +63,26 @@ def replace_params(directory: str | Path, cfg: ModelConfig, params: Any) -> Path
   """`save_params` into a fresh sibling directory, then swap it in place of `directory`."""
   directory = Path(directory).absolute()
   staging = directory.with_name(directory.name + ".staging")
-  shutil.rmtree(staging, ignore_errors=True)
+  primary = jax.process_index() == 0
+  if primary:
+    shutil.rmtree(staging, ignore_errors=True)
+  _barrier(f"replace_params:clear:{directory}")
   save_params(staging, cfg, params)
-  old = directory.with_name(directory.name + ".old")
-  shutil.rmtree(old, ignore_errors=True)
-  if directory.exists():
-    os.replace(directory, old)
-  os.replace(staging, directory)
-  shutil.rmtree(old, ignore_errors=True)
+  if primary:
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+      os.replace(directory, old)
+    os.replace(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)
+  _barrier(f"replace_params:done:{directory}")
   return directory
+
+
+def _barrier(name: str) -> None:
+  # File moves by process 0 must be seen by all processes before any goes on.
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def restore_params(directory: str | Path, *, mesh: Mesh | None = None) -> tuple[ModelConfig, Any]:
@@ -93,7 +110,11 @@ DATA_ITEM = "data"
 
 class TrainCheckpointer:
   """Orbax CheckpointManager for a workdir: TrainState (async) and the data iterator state
-  (JSON) saved under one step, keep-N, resume from the latest complete step.
+  saved under one step, keep-N, resume from the latest complete step.
+
+  The iterator state goes through Grain's own Orbax handler: one JSON file per process
+  (`data/process_<i>-of-<n>.json`), since each process reads its own slice of the data. A run
+  resumes with the process count it was saved with.
 
   Orbax writes each step into a temporary directory and renames it only when every item is
   written, so a crash or kill during a save leaves the previous step as the latest loadable one.
@@ -105,8 +126,10 @@ class TrainCheckpointer:
     self.directory = Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=(STATE_ITEM, DATA_ITEM))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(),
+                       DATA_ITEM: grain.checkpoint.CheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -114,17 +137,21 @@ class TrainCheckpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
-    """Start saving (returns once arrays are copied off the devices when async)."""
+  def save(self, step: int, state: Any, data_iterator: Any) -> None:
+    """Start saving (returns once arrays are copied off the devices when async); the iterator's
+    state is taken now."""
     self._manager.save(step, args=ocp.args.Composite(
-        **{STATE_ITEM: ocp.args.StandardSave(state), DATA_ITEM: ocp.args.JsonSave(data_state)}))
+        **{STATE_ITEM: ocp.args.StandardSave(state),
+           DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator)}))
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """(state, data_state); `abstract_state` holds ShapeDtypeStructs with the target shardings,
-    so a checkpoint saved on one mesh restores onto another."""
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
+    """The state, with `data_iterator` moved to the saved position; `abstract_state` holds
+    ShapeDtypeStructs with the target shardings, so a checkpoint saved on one mesh restores onto
+    another."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), DATA_ITEM: ocp.args.JsonRestore()}))
-    return restored[STATE_ITEM], restored[DATA_ITEM]
+        **{STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+           DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iterator)}))
+    return restored[STATE_ITEM]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

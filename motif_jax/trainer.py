@@ -167,7 +167,9 @@ def train(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   run = RunConfig.from_config_dict(config)
   workdir_path = Path(workdir).absolute()
   workdir_path.mkdir(parents=True, exist_ok=True)
-  (workdir_path / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+  if jax.process_index() == 0:  # every process of a multi-host run holds the same config
+    (workdir_path / "config.json").write_text(json.dumps(config.to_dict(), indent=2,
+                                                         default=str))
   mesh = shd.make_mesh(run.mesh)
   run.check_mesh(mesh)
   log(f"devices: {jax.device_count()} ({jax.devices()[0].platform}), mesh {run.mesh}, "
@@ -190,8 +192,7 @@ def _train(run: RunConfig, workdir: Path, mesh, log: Callable) -> dict:
   data_it = iter(ds)
   latest = ckpt.latest_step()
   if latest is not None:
-    state, data_state = ckpt.restore(latest, abstract_state)
-    data_it.set_state(data_state)
+    state = ckpt.restore(latest, abstract_state, data_it)
     log(f"resumed from step {latest} in {ckpt.directory}")
   else:
     params = _initial_params(run, mesh, log)
@@ -249,7 +250,7 @@ def _loop(run, state: TrainState, step_fn, data_it, batch_sharding, ckpt, evalua
     if step % run.ckpt.every == 0 or step == run.train.num_steps:
       last = report(*pending)
       pending = None
-      ckpt.save(step, state, data_it.get_state())
+      ckpt.save(step, state, data_it)
     if run.train.eval_every and step % run.train.eval_every == 0 and step != run.train.num_steps:
       writer.write(step, evaluator.evaluate(state.params, log=log))
   if pending is not None:
@@ -258,8 +259,7 @@ def _loop(run, state: TrainState, step_fn, data_it, batch_sharding, ckpt, evalua
   final = evaluator.evaluate(state.params, log=log)
   writer.write(int(state.step), final)
   ckpt.wait()
-  if jax.process_index() == 0:
-    checkpoint.replace_params(ckpt.directory.parent / FINAL_PARAMS, evaluator.model, state.params)
+  checkpoint.replace_params(ckpt.directory.parent / FINAL_PARAMS, evaluator.model, state.params)
   elapsed = time.perf_counter() - t0
   return {"step": int(state.step), "train": last, "eval": final, "seconds": elapsed,
           "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
