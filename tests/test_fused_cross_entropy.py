@@ -18,7 +18,10 @@ from pallas_kernels.fused_cross_entropy import BlockSizes, fused_cross_entropy
 SMALL = BlockSizes(chunk_t=16, chunk_v=64, block_t=16, block_v=32, block_d=16)
 # The xla backward is one pass while a float32 dW fits `fused_backward_bytes`, else two passes.
 TWO_PASS = dataclasses.replace(SMALL, fused_backward_bytes=0)
-TOL = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2}
+# Against the reference on the same (bf16-rounded) inputs in float32, so bf16 cases see only the
+# kernels' own rounding: bf16 gradients are within 4 bf16 ulps (2^-6) of the largest value
+# (measured 0.26-0.54%); a z-loss gradient off by a factor of 2 is 5-8% off at z_loss=1e-2.
+TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2.0 ** -6}
 
 
 def _inputs(t, d, v, dtype, seed=0):
@@ -42,10 +45,12 @@ def _value_and_grads(h, w, labels, mask, g_loss, g_ent, *, impl, temperature, z_
 
 def _check(impl, t, d, v, dtype, *, temperature=1.0, z_loss=0.0, bs=SMALL):
   args = _inputs(t, d, v, dtype)
-  ref = _value_and_grads(*args, impl="reference", temperature=temperature, z_loss=z_loss, bs=bs)
+  args32 = tuple(a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a for a in args)
+  ref = _value_and_grads(*args32, impl="reference", temperature=temperature, z_loss=z_loss,
+                         bs=bs)
   out = _value_and_grads(*args, impl=impl, temperature=temperature, z_loss=z_loss, bs=bs)
   for name, a, b in zip(("loss", "entropy", "dh", "dw"), out, ref):
-    assert a.dtype == b.dtype, name
+    assert a.dtype == (dtype if name in ("dh", "dw") else jnp.float32), (name, a.dtype)
     scale = max(1.0, float(jnp.abs(b.astype(jnp.float32)).max()))
     err = float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max())
     assert err <= TOL[dtype] * scale, (name, err, scale)
@@ -56,7 +61,7 @@ def _check(impl, t, d, v, dtype, *, temperature=1.0, z_loss=0.0, bs=SMALL):
                          ids=["xla-one-pass", "xla-two-pass", "pallas"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_matches_reference_with_odd_shapes_masks_temperature_and_z_loss(impl, bs, dtype):
-  loss, ent, _, _ = _check(impl, 37, 48, 301, dtype, temperature=0.7, z_loss=1e-3, bs=bs)
+  loss, ent, _, _ = _check(impl, 37, 48, 301, dtype, temperature=0.7, z_loss=1e-2, bs=bs)
   assert float(loss[3]) == 0.0 and float(ent[3]) == 0.0  # label -100 is masked
 
 
