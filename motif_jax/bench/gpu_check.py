@@ -22,9 +22,10 @@ from pathlib import Path
 from motif_jax.bench import gpu_report
 from motif_jax.bench.gpu_harness import PartSpec, run_parts
 
-PARTS = (PartSpec("parity", "motif_jax.bench.gpu_parity", 0.30),
-         PartSpec("kernels", "motif_jax.bench.gpu_kernels", 0.30),
-         PartSpec("step", "motif_jax.bench.gpu_step", 0.28),
+# Weights: shares of the budget left when a part starts (time a part leaves over flows on).
+PARTS = (PartSpec("parity", "motif_jax.bench.gpu_parity", 0.35),
+         PartSpec("kernels", "motif_jax.bench.gpu_kernels", 0.27),
+         PartSpec("step", "motif_jax.bench.gpu_step", 0.26),
          PartSpec("sampler", "motif_jax.bench.gpu_sampler", 0.12))
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,16 +61,21 @@ def child_env() -> dict:
 def run_check(out_dir: Path, *, budget_s: float = 420.0, only: list[str] | None = None,
               dry_run: bool = False, parts: tuple[PartSpec, ...] = PARTS,
               command: str | None = None, log=print) -> dict:
+  """Runs the selected parts and writes the JSON and Markdown after each one."""
   start = time.time()
-  results = run_parts(select(only, parts), budget_s=budget_s, out_dir=out_dir, dry_run=dry_run,
-                      env=child_env(), log=log)
-  environment = next((p["environment"] for p in results if p.get("environment")), {})
   meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
           "command": command or shlex.join([Path(sys.executable).name, "-m",
                                             "experiments.gpu_check", *sys.argv[1:]]),
-          "dry_run": dry_run, "budget_s": budget_s, "seconds": time.time() - start,
-          "python": platform.python_version(), "driver": driver_version(), **environment}
-  result = {"meta": meta, "parts": results,
-            "targets": gpu_report.targets(results, dry_run=dry_run)}
-  gpu_report.write(result, out_dir)
-  return result
+          "dry_run": dry_run, "budget_s": budget_s, "python": platform.python_version(),
+          "driver": driver_version()}
+
+  def report(results: list[dict]) -> dict:
+    environment = next((p["environment"] for p in results if p.get("environment")), {})
+    result = {"meta": {**meta, "seconds": time.time() - start, **environment}, "parts": results,
+              "targets": gpu_report.targets(results, dry_run=dry_run)}
+    gpu_report.write(result, out_dir)
+    return result
+
+  results = run_parts(select(only, parts), budget_s=budget_s, out_dir=out_dir, dry_run=dry_run,
+                      env=child_env(), log=log, on_part=report)
+  return report(results)

@@ -196,8 +196,11 @@ def run_part(spec: PartSpec, *, limit_s: float, out_dir: Path, dry_run: bool,
 
 def run_parts(specs: list[PartSpec], *, budget_s: float, out_dir: Path, dry_run: bool,
               env: dict | None = None, grace_s: float | None = None,
-              log: Callable[[str], None] = print) -> list[dict]:
-  """Runs parts in order; each gets its weight's share of what the earlier ones left."""
+              log: Callable[[str], None] = print,
+              on_part: Callable[[list[dict]], None] = lambda results: None) -> list[dict]:
+  """Runs parts in order; each gets its weight's share of what the earlier ones left.
+  on_part(results so far) runs after each part (the caller saves them: a kill of the whole
+  command then loses at most the running part)."""
   deadline = time.time() + budget_s
   results = []
   for i, spec in enumerate(specs):
@@ -207,6 +210,7 @@ def run_parts(specs: list[PartSpec], *, budget_s: float, out_dir: Path, dry_run:
     if limit < 1.0:
       results.append({"name": spec.name, "status": "timeout", "seconds": 0.0, "limit_s": 0.0,
                       "cases": [], "reason": "no budget left", "environment": {}})
+      on_part(results)
       continue
     log(f"part {spec.name}: limit {limit:.0f} s")
     result = run_part(spec, limit_s=limit, out_dir=out_dir, dry_run=dry_run, grace_s=grace_s,
@@ -214,6 +218,7 @@ def run_parts(specs: list[PartSpec], *, budget_s: float, out_dir: Path, dry_run:
     log(f"part {spec.name}: {result['status']} in {result['seconds']:.0f} s "
         f"({len(result['cases'])} cases)")
     results.append(result)
+    on_part(results)
   return results
 
 

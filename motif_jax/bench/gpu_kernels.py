@@ -134,11 +134,12 @@ def _settings(dry_run: bool) -> dict:
             "attn_blocks": fa.BlockSizes(block_q=16, block_k=16, block_q_dkv=16, block_k_dkv=16,
                                          block_q_dq=16, block_k_dq=16, xla_block_q=32,
                                          xla_block_k=32),
-            "repeats": 2}
+            "segment_impls": (), "repeats": 2}
   ce = {k: kernel_bench.CE_SHAPES[k] for k in ("d_model", "vocab", "dtype")}
   attn = {k: kernel_bench.ATTN_SHAPES[k] for k in ("groups", "ratio", "head_dim", "dtype")}
   return {"ce": ce, "tokens": (8192, 32_768), "ce_blocks": fce.BlockSizes(),
-          "attn": attn, "seqs": (8192, 32_768), "attn_blocks": fa.BlockSizes(), "repeats": 5}
+          "attn": attn, "seqs": (8192, 32_768), "attn_blocks": fa.BlockSizes(),
+          "segment_impls": ("pallas", "cudnn"), "repeats": 5}
 
 
 def cases(ctx: PartContext):
@@ -158,7 +159,7 @@ def cases(ctx: PartContext):
       yield (f"attention {impl} S={seq}",
              functools.partial(bench_attention, impl, seq=seq, repeats=repeats,
                                block_sizes=st["attn_blocks"], **st["attn"]))
-  for impl in ("pallas", "cudnn"):
+  for impl in st["segment_impls"]:
     seq = st["seqs"][0]
     yield (f"attention {impl} S={seq} 4 packed segments",
            functools.partial(bench_attention, impl, seq=seq, repeats=repeats, segments=True,

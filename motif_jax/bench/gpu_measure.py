@@ -40,9 +40,16 @@ def environment() -> dict:
   device = jax.devices()[0]
   return {"backend": jax.default_backend(), "device_kind": device.device_kind,
           "device_count": jax.device_count(), "jax": jax.__version__,
-          "jaxlib": importlib.metadata.version("jaxlib"),
+          "jaxlib": _version("jaxlib"), "jax_cuda_plugin": _version("jax-cuda12-plugin"),
           "peak_bf16_tflops": (None if (p := peak_bf16_flops(device.device_kind)) is None
                                else p / 1e12)}
+
+
+def _version(package: str) -> str | None:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return None
 
 
 def on_gpu() -> bool:

@@ -85,7 +85,7 @@ def case_figures(c: dict) -> str:
   if c.get("kind") == "sampler":
     parts.append(f"{c['tokens_per_s']:.0f} generated tok/s ({c['rows']} rows)")
   if "tflops" in c:
-    parts.append(f"{c['tflops']:.1f} TFLOP/s")
+    parts.append(f"{c['tflops']:.3g} TFLOP/s")
   if "not_run" in c:
     parts.append(f"not run: {c['not_run']}")
   if "temp_bytes" in c:

@@ -23,7 +23,6 @@ from jax.sharding import NamedSharding
 
 from configs import motif2_12b
 from motif_jax import sharding as shd
-from motif_jax import trainer
 from motif_jax.bench import gpu_measure as gm
 from motif_jax.bench.gpu_harness import PartContext
 from motif_jax.model import ModelConfig, accounting, init_params
@@ -55,6 +54,7 @@ def random_batch(vocab: int, seq: int, seed: int = 0) -> dict:
 
 
 def bench_step(model: ModelConfig, *, seq: int, loss_impl: str, steps: int) -> dict:
+  from motif_jax import trainer  # here: it loads Orbax and Grain, which the sampler part skips
   mesh = shd.make_mesh({}, devices=jax.devices()[:1])
   optimizer, schedule = make_optimizer(OptimConfig())
   with jax.set_mesh(mesh):
