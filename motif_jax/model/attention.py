@@ -200,20 +200,67 @@ def _with_segments(attend_fn, q_btkgh, k_bskh, v_bskv, *, segment_ids_bt):
   return attend_fn(q_btkgh, k_bskh, v_bskv, segment_ids_bt)
 
 
-def attention_step(x_b1d: jax.Array, p: dict, layer: jax.Array, cos_b1h: jax.Array,
-                   sin_b1h: jax.Array, k_cache_bskh: jax.Array, v_cache_bskh: jax.Array,
-                   pos: jax.Array, valid_b1s: jax.Array, cfg: ModelConfig
-                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Decode one token at `pos`: write its K/V into the cache, attend to the `valid` slots."""
+def attention_step(x_b1d: jax.Array, p: dict, layer: int | jax.Array, cos_b1h: jax.Array,
+                   sin_b1h: jax.Array, k_cache_bksh: jax.Array, v_cache_bksh: jax.Array,
+                   pos_b: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Decode one token per row, row b at its own position pos_b[b] (ragged batches).
+
+  Writes the token's K/V into cache slot pos_b[b] of its row, then attends to slots <= pos_b[b]
+  with the dense masked core (one query per row: the [b, 1, s] logits are small). The cache is
+  KV-head-major, [b, k, s, h], the layout the attention dots read without a transposed copy.
+  """
   q_b1nh, k_b1kh, v_b1kh = project_qkv(x_b1d, p, cos_b1h, sin_b1h, cfg)
-  k_cache_bskh = jax.lax.dynamic_update_slice_in_dim(k_cache_bskh, k_b1kh.astype(
-      k_cache_bskh.dtype), pos, axis=1)
-  v_cache_bskh = jax.lax.dynamic_update_slice_in_dim(v_cache_bskh, v_b1kh.astype(
-      v_cache_bskh.dtype), pos, axis=1)
+  # A per-row dynamic_update_slice (vmapped: a scatter on the batch axis, in place in the loop).
+  write = jax.vmap(lambda cache_ksh, new_1kh, pos: jax.lax.dynamic_update_slice_in_dim(
+      cache_ksh, jnp.swapaxes(new_1kh, 0, 1).astype(cache_ksh.dtype), pos, axis=1))
+  k_cache_bksh = write(k_cache_bksh, k_b1kh, pos_b)
+  v_cache_bksh = write(v_cache_bksh, v_b1kh, pos_b)
+  valid_b1s = jnp.arange(k_cache_bksh.shape[2])[None, None, :] <= pos_b[:, None, None]
   attend_fn = functools.partial(_masked, mask_bts=valid_b1s)
-  o_b1nv = _CORES[cfg.attention](q_b1nh, k_cache_bskh, v_cache_bskh, attend_fn, p, layer, cfg)
-  return _output(o_b1nv, p, cfg), k_cache_bskh, v_cache_bskh
+  o_b1nv = _CORES[cfg.attention](q_b1nh, jnp.swapaxes(k_cache_bksh, 1, 2),
+                                 jnp.swapaxes(v_cache_bksh, 1, 2), attend_fn, p, layer, cfg)
+  return _output(o_b1nv, p, cfg), k_cache_bksh, v_cache_bksh
 
 
 def _masked(q_btkgh, k_bskh, v_bskv, *, mask_bts):
   return attend_masked(q_btkgh, k_bskh, v_bskv, mask_bts)
+
+
+def attention_prefill(x_btd: jax.Array, p: dict, layer: int | jax.Array, cos_bth: jax.Array,
+                      sin_bth: jax.Array, k_cache_bksh: jax.Array, v_cache_bksh: jax.Array,
+                      start: int, cfg: ModelConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """A chunk of t prompt tokens at positions start .. start+t-1 of every row (prefill).
+
+  Writes their K/V into cache slots start .. start+t-1 ([b, k, s, h] cache, as
+  `attention_step`) and attends causally to slots 0 .. start+t-1 (earlier chunks plus this
+  one): densely for short key ranges, else through the flash kernels with a query offset (O(t)
+  memory per row, not O(t·s)). `start` is a Python int, so the key range is static.
+  """
+  q_btnh, k_btkh, v_btkh = project_qkv(x_btd, p, cos_bth, sin_bth, cfg)
+  t = x_btd.shape[1]
+  k_cache_bksh = jax.lax.dynamic_update_slice_in_dim(
+      k_cache_bksh, jnp.swapaxes(k_btkh, 1, 2).astype(k_cache_bksh.dtype), start, axis=2)
+  v_cache_bksh = jax.lax.dynamic_update_slice_in_dim(
+      v_cache_bksh, jnp.swapaxes(v_btkh, 1, 2).astype(v_cache_bksh.dtype), start, axis=2)
+  attend_fn = functools.partial(_chunk_attend, start=start, impl=cfg.attention_impl)
+  o_btnv = _CORES[cfg.attention](q_btnh, jnp.swapaxes(k_cache_bksh[:, :, :start + t], 1, 2),
+                                 jnp.swapaxes(v_cache_bksh[:, :, :start + t], 1, 2), attend_fn,
+                                 p, layer, cfg)
+  return _output(o_btnv, p, cfg), k_cache_bksh, v_cache_bksh
+
+
+# Prefill chunks whose key range is at most this long use the dense masked core: its [t, s] logits
+# are small there, and the blockwise path costs about a second more to compile (CPU, measured).
+DENSE_PREFILL_KEYS = 1024
+
+
+def _chunk_attend(q_btkgh, k_bskh, v_bskv, *, start, impl):
+  """Causal attention of queries at start + i to keys at j (the cache prefix)."""
+  t, s = q_btkgh.shape[1], k_bskh.shape[1]
+  if impl == "reference" or s <= DENSE_PREFILL_KEYS:
+    causal_1ts = (start + jnp.arange(t))[None, :, None] >= jnp.arange(s)[None, None, :]
+    return attend_masked(q_btkgh, k_bskh, v_bskv, causal_1ts)
+  # cuDNN's API has no query offset: "cudnn" prefills long prompts with the blockwise XLA path.
+  o_btkgv, _ = fa.flash_attention(q_btkgh, k_bskh, v_bskv, q_offset=start,
+                                  impl="pallas" if impl == "pallas" else "xla")
+  return o_btkgv

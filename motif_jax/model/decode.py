@@ -1,9 +1,15 @@
-"""Incremental decoding with a KV cache: one token per step for every row of a batch.
+"""KV-cache inference: chunked prefill of whole prompts, then one token per row per step.
 
-`decode_step` runs the decoder on tokens [b] at position `pos` (the same for all rows), writing
-each layer's rotated K and V into the cache [L, b, S, k, h] and attending to cache slots
-0..pos. It reuses the attention projections and the gqa / diff / gda cores of the training path,
-so decoding computes exactly what `forward` computes on the same prefix (tested).
+The cache holds each layer's rotated K and V as its own array, `{"k": [L × [b, k, S, h]], "v":
+…}` (KV-head-major: the layout the attention dots read without a transposed copy per step), and the layer weights are sliced out of the stacked training tree once (`decode_params`),
+before any loop: slicing the stacked `[L, …]` weights inside a decode loop made XLA copy them on
+every step (CPU, measured in `motif_jax/bench/sampler.py`), and so did a scan whose per-layer
+outputs are the cache. Layers run as an unrolled Python loop.
+
+`prefill` writes the K/V of positions 0..t-1 of every row, `chunk` tokens per forward pass;
+`decode_step` runs row b at its own position pos_b[b] (ragged prompts). Both reuse the training
+path's projections and its gqa / diff / gda cores (`attention.attention_prefill` and
+`attention_step`), so they compute what `forward` computes on the same prefix (tested).
 """
 
 from __future__ import annotations
@@ -11,40 +17,116 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from motif_jax import sharding as shd
 from motif_jax.model import attention as attn
 from motif_jax.model import layers
 from motif_jax.model.config import ModelConfig
-from motif_jax.model.transformer import embed, unembed_matrix
+from motif_jax.model.transformer import embed
+
+Cache = dict[str, list[jax.Array]]
+CACHE_AXES = ("batch", "kv_heads", None, "head_dim")
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict[str, jax.Array]:
-  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-  return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
+  """Zeros for `max_len` slots per row; rows over the batch axes, KV heads over tensor."""
+  shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+  zeros = [shd.constrain(jnp.zeros(shape, cfg.dtype), CACHE_AXES, cfg.sharding)
+           for _ in range(cfg.num_layers)]
+  return {"k": zeros, "v": list(zeros)}
 
 
-def decode_step(params: dict, tokens_b: jax.Array, pos: jax.Array, cache: dict,
-                cfg: ModelConfig) -> tuple[jax.Array, dict]:
-  """(float32 logits [b, v] for the next token, updated cache)."""
-  b = tokens_b.shape[0]
-  x_b1d = embed(params, tokens_b[:, None], cfg)
-  positions_b1 = jnp.full((b, 1), pos, jnp.int32)
-  cos_b1h, sin_b1h = layers.rope_tables(positions_b1, cfg.head_dim, cfg.rope_theta)
-  valid_b1s = jnp.broadcast_to(jnp.arange(cache["k"].shape[2])[None, None, :] <= pos,
-                               (b, 1, cache["k"].shape[2]))
+def decode_params(params: dict, cfg: ModelConfig) -> dict:
+  """`params` with "layers" as a list of per-layer trees, matrices cast to the compute dtype.
 
-  def body(x_b1d, layer_in):
-    p, layer, k_bskh, v_bskh = layer_in
-    h_b1d = layers.rms_norm(x_b1d, p["attn_norm"], cfg.rms_norm_eps)
-    out_b1d, k_bskh, v_bskh = attn.attention_step(h_b1d, p["attn"], layer, cos_b1h, sin_b1h,
-                                                  k_bskh, v_bskh, pos, valid_b1s, cfg)
-    x_b1d = x_b1d + out_b1d
-    x_b1d = x_b1d + layers.mlp(layers.rms_norm(x_b1d, p["mlp_norm"], cfg.rms_norm_eps),
+  The cast is the one the training forward applies at each use (`w.astype(cfg.dtype)`); norms
+  and λ vectors stay as stored. Already-unstacked trees are returned unchanged.
+  """
+  if isinstance(params["layers"], list):
+    return params
+  def cast(w):
+    return w.astype(cfg.dtype) if w.ndim >= 2 else w
+  stacked = params["layers"]
+  per_layer = [jax.tree.map(lambda w, i=i: cast(w[i]), stacked) for i in range(cfg.num_layers)]
+  return {**params, "layers": per_layer}
+
+
+def head_logits(params: dict, h_bd: jax.Array, cfg: ModelConfig) -> jax.Array:
+  """float32 next-token logits [b, v] from final-normed hidden states [b, d]."""
+  h_bd = h_bd.astype(cfg.dtype)
+  if cfg.tie_embeddings:  # contract the [v, d] table directly instead of transposing it
+    out_bv = jnp.einsum("bd,vd->bv", h_bd, params["embed"].astype(cfg.dtype),
+                        preferred_element_type=jnp.float32)
+  else:
+    out_bv = jnp.einsum("bd,dv->bv", h_bd, params["unembed"].astype(cfg.dtype),
+                        preferred_element_type=jnp.float32)
+  return shd.constrain(out_bv, ("batch", "vocab"), cfg.sharding)
+
+
+def _decode_layers(x_btd, params, cache, attention_fn, cfg):
+  """Pre-norm blocks, unrolled over per-layer params; attention_fn(h, p, i, k, v) -> (out, k, v)."""
+  k_cache, v_cache = list(cache["k"]), list(cache["v"])
+  for i, p in enumerate(params["layers"]):
+    h_btd = layers.rms_norm(x_btd, p["attn_norm"], cfg.rms_norm_eps)
+    out_btd, k_cache[i], v_cache[i] = attention_fn(h_btd, p["attn"], i, k_cache[i], v_cache[i])
+    x_btd = x_btd + out_btd
+    x_btd = x_btd + layers.mlp(layers.rms_norm(x_btd, p["mlp_norm"], cfg.rms_norm_eps),
                                p["mlp"], cfg)
-    return x_b1d, (k_bskh, v_bskh)
+  x_btd = layers.rms_norm(x_btd, params["final_norm"], cfg.rms_norm_eps)
+  return x_btd, {"k": k_cache, "v": v_cache}
 
-  x_b1d, (k_cache, v_cache) = jax.lax.scan(
-      body, x_b1d, (params["layers"], jnp.arange(cfg.num_layers), cache["k"], cache["v"]))
-  h_bd = layers.rms_norm(x_b1d, params["final_norm"], cfg.rms_norm_eps)[:, 0]
-  logits_bv = jnp.einsum("bd,dv->bv", h_bd, unembed_matrix(params, cfg).astype(cfg.dtype),
-                         preferred_element_type=jnp.float32)
-  return logits_bv, {"k": k_cache, "v": v_cache}
+
+def prefill(params: dict, tokens_bt: jax.Array, lengths_b: jax.Array, cache: Cache,
+            cfg: ModelConfig, *, chunk: int) -> tuple[jax.Array, Cache]:
+  """Run right-padded prompts through the model, `chunk` positions per pass, filling the cache.
+
+  `params` are the stacked training tree: prefill runs once per call, so it scans the layers (one
+  compiled layer; the per-layer weight slices are cheap next to a whole prompt). Returns the
+  final-normed hidden state of each row's last prompt token (position lengths_b[b] - 1), [b, d].
+  Slots past a row's length hold padding K/V; decoding overwrites them before any query can see
+  them (decode_step masks slots after the row's position).
+  """
+  b, t = tokens_bt.shape
+  k_lbskh, v_lbskh = jnp.stack(cache["k"]), jnp.stack(cache["v"])
+  h_last_bd = jnp.zeros((b, cfg.d_model), cfg.dtype)
+  for start in range(0, t, chunk):
+    size = min(chunk, t - start)
+    cos_1th, sin_1th = layers.rope_tables(start + jnp.arange(size)[None], cfg.head_dim,
+                                          cfg.rope_theta)
+
+    def body(x_btd, layer_in, start=start, cos_1th=cos_1th, sin_1th=sin_1th):
+      p, i, k_bskh, v_bskh = layer_in
+      h_btd = layers.rms_norm(x_btd, p["attn_norm"], cfg.rms_norm_eps)
+      out_btd, k_bskh, v_bskh = attn.attention_prefill(h_btd, p["attn"], i, cos_1th, sin_1th,
+                                                       k_bskh, v_bskh, start, cfg)
+      x_btd = x_btd + out_btd
+      x_btd = x_btd + layers.mlp(layers.rms_norm(x_btd, p["mlp_norm"], cfg.rms_norm_eps),
+                                 p["mlp"], cfg)
+      return x_btd, (k_bskh, v_bskh)
+
+    x_btd = embed(params, tokens_bt[:, start:start + size], cfg)
+    x_btd, (k_lbskh, v_lbskh) = jax.lax.scan(
+        body, x_btd, (params["layers"], jnp.arange(cfg.num_layers), k_lbskh, v_lbskh))
+    x_btd = layers.rms_norm(x_btd, params["final_norm"], cfg.rms_norm_eps)
+    last_b = lengths_b - 1 - start
+    here_b = (last_b >= 0) & (last_b < size)
+    picked_bd = jnp.take_along_axis(x_btd, jnp.clip(last_b, 0, size - 1)[:, None, None],
+                                    axis=1)[:, 0]
+    h_last_bd = jnp.where(here_b[:, None], picked_bd, h_last_bd)
+  return h_last_bd, {"k": list(k_lbskh), "v": list(v_lbskh)}
+
+
+def decode_step(params: dict, tokens_b: jax.Array, pos_b: jax.Array | int, cache: Cache,
+                cfg: ModelConfig) -> tuple[jax.Array, Cache]:
+  """Feed tokens_b at positions pos_b (per row, or one int for all): (float32 logits [b, v],
+  updated cache)."""
+  params = decode_params(params, cfg)
+  b = tokens_b.shape[0]
+  pos_b = jnp.broadcast_to(jnp.asarray(pos_b, jnp.int32), (b,))
+  cos_b1h, sin_b1h = layers.rope_tables(pos_b[:, None], cfg.head_dim, cfg.rope_theta)
+  x_b1d = embed(params, tokens_b[:, None], cfg)
+
+  def attention_fn(h, p, i, k, v):
+    return attn.attention_step(h, p, i, cos_b1h, sin_b1h, k, v, pos_b, cfg)
+
+  x_b1d, cache = _decode_layers(x_b1d, params, cache, attention_fn, cfg)
+  return head_logits(params, x_b1d[:, 0], cfg), cache
