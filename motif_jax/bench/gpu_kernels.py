@@ -37,6 +37,7 @@ environment = gm.environment
 
 def _run(fn, args: tuple, repeats: int) -> dict:
   """Compile once (memory from that program), skip if it cannot fit, else time it."""
+  peak_before = gm.memory_stats().get("peak_bytes_in_use")
   compiled = jax.jit(fn).lower(*args).compile()
   stats = compiled.memory_analysis()
   figures = {"temp_bytes": int(stats.temp_size_in_bytes),
@@ -48,7 +49,7 @@ def _run(fn, args: tuple, repeats: int) -> dict:
     figures["not_run"] = f"needs {needed / 2**30:.1f} GiB beyond its inputs; {limit / 2**30:.1f} GiB on the device"
     return figures
   figures.update(gm.time_stats(compiled, args, repeats=repeats))
-  figures.update(gm.memory_stats())
+  figures.update(gm.peak_figures(peak_before))
   return figures
 
 

@@ -5,7 +5,7 @@ float32 reference on upcast inputs; NaN or inf in an output never passes. Times:
 call (compile, autotune), then `repeats` calls each ended by `block_until_ready`; median, min
 and max. Memory: the compiled program's temp bytes (`memory_analysis`, what the program itself
 allocates beyond its arguments and outputs) and, where the backend reports it, the process's
-`peak_bytes_in_use` after the case (a running maximum: cases run smallest first).
+`peak_bytes_in_use` after the case (a running maximum: `peak_figures`).
 """
 
 from __future__ import annotations
@@ -93,6 +93,17 @@ def memory_stats() -> dict:
   stats = jax.devices()[0].memory_stats() or {}
   keys = ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")
   return {k: int(stats[k]) for k in keys if k in stats}
+
+
+def peak_figures(peak_before: int | None) -> dict:
+  """The allocator's peak after a case. It is a running maximum over the process, so it is this
+  case's peak only if the case raised it; otherwise the case peaked at most there."""
+  peak = memory_stats().get("peak_bytes_in_use")
+  if peak is None:
+    return {}
+  if peak_before is None or peak > peak_before:
+    return {"peak_bytes_in_use": peak}
+  return {"peak_at_most_bytes": peak}
 
 
 def compiled_memory(jitted, args: tuple) -> dict:

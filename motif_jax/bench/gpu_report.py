@@ -94,6 +94,8 @@ def case_figures(c: dict) -> str:
     parts.append(f"host temp {_bytes(c['host_temp_bytes'])}")
   if "peak_bytes_in_use" in c:
     parts.append(f"peak {_bytes(c['peak_bytes_in_use'])}")
+  if "peak_at_most_bytes" in c:
+    parts.append(f"peak <= {_bytes(c['peak_at_most_bytes'])}")
   return ", ".join(parts)
 
 
