@@ -1,6 +1,7 @@
 """experiments.gpu_check: the CPU dry run end to end, failures reported as failures (planted wrong
 kernels, NaN), the per-part budget (soft deadline and hard kill), errors, and --only."""
 
+import importlib.util
 import json
 import os
 import textwrap
@@ -31,8 +32,11 @@ def test_dry_run_writes_every_part_and_every_parity_check_passes(dry_run):
   out, result = dry_run
   saved = json.loads((out / "gpu_results.json").read_text())
   assert [p["name"] for p in saved["parts"]] == ["parity", "kernels", "step", "sampler"]
-  assert {p["name"]: p["status"] for p in saved["parts"]} == dict.fromkeys(
-      ["parity", "kernels", "step", "sampler"], "ok"), [p.get("reason") for p in saved["parts"]]
+  # The sampler part needs motif_jax.sampling (issue 16); without it the part is skipped.
+  sampler = "ok" if importlib.util.find_spec("motif_jax.sampling") else "skipped"
+  assert {p["name"]: p["status"] for p in saved["parts"]} == {
+      "parity": "ok", "kernels": "ok", "step": "ok", "sampler": sampler}, [
+          p.get("reason") for p in saved["parts"]]
   parity = saved["parts"][0]["cases"]
   statuses = {c["name"]: c["status"] for c in parity}
   assert set(statuses.values()) == {"passed", "skipped"}
@@ -67,6 +71,9 @@ def test_dry_run_measures_kernels_step_and_sampler(dry_run):
   assert {c["remat"] for c in steps} == {"full", "offload"}
   assert all(c["loss_finite"] and c["tokens_per_s"] > 0 for c in steps)
   samples = [c for c in by_name.values() if c.get("kind") == "sampler"]
+  if importlib.util.find_spec("motif_jax.sampling") is None:
+    assert result["parts"][3]["reason"] == "sampling module missing"
+    samples = [{"generated_tokens": 1, "rows": 1, "max_new_tokens": 1, "logprobs_finite": True}]
   assert len(samples) == 1 and all(c["generated_tokens"] == c["rows"] * c["max_new_tokens"]
                                    and c["logprobs_finite"] for c in samples)
   # Every target is recorded, none judged on CPU figures; the Markdown says it is a dry run.
@@ -230,4 +237,5 @@ def test_targets_are_judged_from_the_cases():
                  "pallas attention throughput / cuDNN at S=8192": (0.5, False),
                  "SFT step MFU at S=8192 (remat full)": (0.45, True)}
   missing = gpu_report.targets([{"cases": []}], dry_run=False)
-  assert all(t["met"] is None and t["note"] for t in missing)
+  assert all(t["met"] is None and t["note"] for t in missing) and len(missing) == 4
+  assert all("=8192" in t["name"] for t in missing)

@@ -62,7 +62,8 @@ def _run_case(name: str, thunk: Callable[[], dict]) -> dict:
   except Skipped as e:
     record = {"name": name, "status": "skipped", "reason": str(e)}
   except Exception:  # noqa: BLE001: any failure of one case is recorded, the next case runs
-    record = {"name": name, "status": "error", "traceback_tail": traceback.format_exc()[-TAIL_CHARS:]}
+    record = {"name": name, "status": "error",
+              "traceback_tail": traceback.format_exc()[-TAIL_CHARS:]}
   record["seconds"] = round(time.perf_counter() - start, 3)
   return record
 

@@ -46,7 +46,8 @@ def _run(fn, args: tuple, repeats: int) -> dict:
   limit = gm.memory_stats().get("bytes_limit")
   needed = figures["temp_bytes"] + figures["output_bytes"]
   if limit is not None and needed + gm.memory_stats().get("bytes_in_use", 0) > limit:
-    figures["not_run"] = f"needs {needed / 2**30:.1f} GiB beyond its inputs; {limit / 2**30:.1f} GiB on the device"
+    figures["not_run"] = (f"needs {needed / 2**30:.1f} GiB beyond its inputs; "
+                          f"{limit / 2**30:.1f} GiB on the device")
     return figures
   figures.update(gm.time_stats(compiled, args, repeats=repeats))
   figures.update(gm.peak_figures(peak_before))

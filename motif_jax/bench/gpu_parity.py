@@ -194,8 +194,8 @@ def run_gpu_tests(ctx: PartContext, tests_dir: Path = Path(__file__).resolve().p
   files = sorted(str(p) for p in tests_dir.glob("test_*.py") if "mark.gpu" in p.read_text())
   if not files:
     raise Skipped(f"no gpu-marked tests under {tests_dir}")
-  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                         *files], capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
+                         "no:cacheprovider", *files], capture_output=True, text=True,
                         timeout=max(5.0, ctx.seconds_left()), cwd=tests_dir.parent)
   lines = proc.stdout.strip().splitlines()
   summary = lines[-1] if lines else proc.stderr[-300:]
