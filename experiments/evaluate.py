@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from motif_jax import eval_run
+from motif_jax.launch import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "Config file[:variant].",
                                           lock_config=True)
@@ -22,6 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=Tr
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   try:
     out = eval_run.run(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:  # a missing checkpoint or data file, config errors

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 from absl import flags
 
 _COORDINATOR = flags.DEFINE_string(
@@ -69,6 +68,7 @@ def initialize() -> Coordinates:
 
   Call it before anything touches a device. Flags are read if they were parsed (absl app).
   """
+  import jax  # here, not at the top: the launchers use this module's names without jax
   parsed = flags.FLAGS.is_parsed()
   coords = resolve(coordinator_address=_COORDINATOR.value if parsed else None,
                    num_processes=_NUM_PROCESSES.value if parsed else None,
@@ -83,4 +83,5 @@ def initialize() -> Coordinates:
 
 def is_primary() -> bool:
   """Process 0 writes the files every process would otherwise write alike (reports, logs)."""
+  import jax
   return jax.process_index() == 0

@@ -10,7 +10,7 @@
 
 Every launcher runs `python -m motif_jax.launch.points POINT_DIR` (once per host for multi-host
 points: the process with JAX_PROCESS_ID 0 keeps the lock and the status). A lock is stale when its
-process is gone (same host) or its heartbeat is older than STALE_S (other hosts).
+process is gone (same host) or its heartbeat is older than STALE_S.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import threading
 import time
 from pathlib import Path
 
+from motif_jax.launch import distributed
+
 POINT_FILE, STATUS_FILE, LOCK_FILE, LOG_FILE = "point.json", "status.json", "lock", "log.txt"
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
 DONE, FAILED, RUNNING, SUBMITTED, PENDING = "done", "failed", "running", "submitted", "pending"
-# distributed.ENV_PROCESS_ID, spelled out: this wrapper runs on every host and needs no jax.
-PROCESS_ID_ENV = "JAX_PROCESS_ID"
 
 
 def write_json(path: Path, value) -> None:
@@ -56,9 +56,10 @@ def _alive(pid: int) -> bool:
 
 
 def lock_is_stale(lock: dict, mtime: float, *, now: float | None = None) -> bool:
-  if lock.get("host") == socket.gethostname():
-    return not _alive(int(lock["pid"]))
-  return (time.time() if now is None else now) - mtime > STALE_S
+  """Its process is gone (this host), or no heartbeat for STALE_S (any host, reused pids)."""
+  if (time.time() if now is None else now) - mtime > STALE_S:
+    return True
+  return lock.get("host") == socket.gethostname() and not _alive(int(lock["pid"]))
 
 
 def state(point_dir: Path) -> str:
@@ -107,9 +108,9 @@ def run_point(point_dir: Path) -> int:
   """Run the point's command here; process 0 of a multi-host point holds lock and status."""
   point_dir = Path(point_dir).absolute()
   argv = read_json(point_dir / POINT_FILE)["argv"]
-  lead = int(os.environ.get(PROCESS_ID_ENV, "0")) == 0
+  lead = int(os.environ.get(distributed.ENV_PROCESS_ID, "0")) == 0
   if not lead:  # the other hosts of a multi-host point only run the experiment
-    with open(point_dir / f"log.process{os.environ[PROCESS_ID_ENV]}.txt", "a") as log:
+    with open(point_dir / f"log.process{os.environ[distributed.ENV_PROCESS_ID]}.txt", "a") as log:
       return subprocess.call([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT)
   if not acquire(point_dir):
     print(f"{point_dir.name}: already running elsewhere, not started", file=sys.stderr)

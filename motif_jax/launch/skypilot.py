@@ -52,11 +52,20 @@ def task_spec(point_dir: Path, options: SkyOptions) -> dict:
           "setup": options.setup, "run": "\n".join(run) + "\n"}
 
 
+class _Dumper(yaml.SafeDumper):
+  """Multi-line strings (the run script) as YAML literal blocks, as people write them."""
+
+
+_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
 def write_tasks(point_dirs: Sequence[Path], options: SkyOptions) -> list[Path]:
   paths = []
   for point_dir in point_dirs:
     path = Path(point_dir) / TASK_FILE
-    path.write_text(yaml.safe_dump(task_spec(Path(point_dir), options), sort_keys=False))
+    path.write_text(yaml.dump(task_spec(Path(point_dir), options), Dumper=_Dumper,
+                              sort_keys=False))
     paths.append(path)
   return paths
 
