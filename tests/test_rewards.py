@@ -128,6 +128,8 @@ def test_hanging_or_crashing_verifier_scores_zero_within_its_deadline_off_the_ma
   half = _record("math", "1/2")
   items = [("<think>\nx\n</think>\n\\boxed{0.5}", half), ("", _record("hang")),
            ("", _record("crash"))] + [("<think>\nx\n</think>\n\\boxed{0.5}", half)] * 3
+  # A real one: sympy evaluates the tower in C, where no signal interrupts it.
+  items.append(("<think>\nx\n</think>\n\\boxed{9^{9^{9^{9}}}}", half))
   out, seconds = {}, {}
 
   def worker():
@@ -144,9 +146,10 @@ def test_hanging_or_crashing_verifier_scores_zero_within_its_deadline_off_the_ma
   reasons = [r.details["terms"][next(iter(r.details["terms"]))].get("reason")
              for r in out["rewards"]]
   assert reasons[1] == "timeout" and reasons[2] == "crash"
-  assert [r.score for r in out["rewards"]] == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
-  # The hang is abandoned at its deadline; the other items ran beside it on the second worker.
-  assert seconds["batch"] < 1.5 + 2.0, seconds
+  assert [r.score for r in out["rewards"]] == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+  assert reasons[-1] == "timeout"
+  # Hangs are abandoned at their deadline; the other items ran beside them on the other worker.
+  assert seconds["batch"] < 2 * 1.5 + 2.0, seconds
 
 
 def test_toy_code_problems_reference_solutions_pass_their_tests():

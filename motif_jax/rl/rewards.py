@@ -160,8 +160,11 @@ def register(name: str, fn: Callable[..., Reward], *, executor: str = "inline",
   REWARDS[name] = RewardSpec(fn, executor, settings, verifier)
 
 
+# math-verify's own alarm (main thread only) is set a second past the pool's deadline: in the pool
+# the kill decides (reason "timeout", not a math-verify "wrong_answer" after its own timeout);
+# called directly on a main thread it still bounds the time.
 register("math", math_reward, executor="process", verifier=True,
-         settings=lambda cfg: dict(timeout_s=max(1, int(cfg.verifier_timeout_s))))
+         settings=lambda cfg: dict(timeout_s=int(cfg.verifier_timeout_s) + 1))
 register("exact", exact_reward, verifier=True)
 register("code", code_reward, executor="thread", verifier=True,
          settings=lambda cfg: dict(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb))
