@@ -85,19 +85,20 @@ def test_dry_run_measures_kernels_step_and_sampler(dry_run):
 
 # ---- Failures are reported as failures ---------------------------------------------------------
 
+# Wrong kernels built from the (cheap to compile) references, each missing one feature.
 def _ce_ignoring_temperature(h, w, labels, mask, *, temperature, z_loss):
-  return fce.fused_cross_entropy(h, w, labels, mask, temperature=1.0, z_loss=z_loss, impl="xla")
+  return fce.fused_cross_entropy_reference(h, w, labels, mask, temperature=1.0, z_loss=z_loss)
 
 
-def _flash_ignoring_key_segments(q, k, v, seg_q, seg_k, q_offset):
-  return fa.flash_attention(q, k, v, None, q_offset=q_offset, impl="xla")
+def _flash_ignoring_segments(q, k, v, seg_q, seg_k, q_offset):
+  return fa.flash_attention_reference(q, k, v, None, q_offset=q_offset)
 
 
 def test_planted_wrong_kernels_fail_their_checks():
   ce = gpu_parity.check_cross_entropy(_ce_ignoring_temperature, tokens=24, d_model=16,
                                       vocab=100, dtype=jnp.float32)
   assert not ce["passed"] and ce["errors"]["loss"] > 1e-2
-  attn = gpu_parity.check_flash_attention(_flash_ignoring_key_segments, b=1, t=32, k=1, g=2,
+  attn = gpu_parity.check_flash_attention(_flash_ignoring_segments, b=1, t=32, k=1, g=2,
                                           h=16, v=32, dtype=jnp.float32)
   assert not attn["passed"] and attn["errors"]["o"] > 1e-2
 
