@@ -4,8 +4,10 @@ import json
 import subprocess
 import sys
 
-from motif_jax.data import curate
-from data_helpers import small_config
+import grain
+import numpy as np
+
+from motif_jax.data import pipeline
 
 
 def _run(*args):
@@ -63,10 +65,16 @@ def test_bench_data_reports_tokens_per_second(tmp_path):
   assert result["workers"] == 0 and result["tokens_per_s"] > 0 and 0 < result["fill"] <= 1
 
 
-def test_curation_attaches_target_nll_when_a_scorer_is_configured(monkeypatch):
-  cfg = small_config(toy=dict(problems=5, reference_size=5))
-  fake = lambda records: [len(r.response) / 100 for r in records]  # noqa: E731
-  monkeypatch.setattr(curate, "_nll_scorer", lambda cfg, tokenizer: fake)
-  curation = curate.curate(cfg)
-  assert "nll" in curation.profile.mean
-  assert all(item.stats.nll == len(item.record.response) / 100 for item in curation.scored)
+def test_throughput_fill_counts_real_tokens_not_padding():
+  """Hand-built packed batches (segment id 0 = padding): 2 rows of 8 slots, the first batch
+  (start-up, not timed) then two timed ones holding 5 + 8 and 3 + 0 real tokens."""
+  def batch(*real):
+    seg = np.zeros((2, 8), np.int32)
+    for row, n in enumerate(real):
+      seg[row, :n] = [1] * min(n, 4) + [2] * max(n - 4, 0)  # two packed segments
+    return dict(tokens=np.where(seg > 0, 7, 0), segment_ids=seg)
+  ds = grain.MapDataset.source([batch(8, 8), batch(5, 8), batch(3, 0)]).to_iter_dataset()
+  result = pipeline.measure_throughput(ds, num_batches=2)
+  assert result["packed_tokens"] == 16 and result["batches"] == 2
+  assert result["fill"] == 16 / 32
+  assert result["tokens_per_s"] == 16 / result["seconds"]
