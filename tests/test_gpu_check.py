@@ -63,6 +63,8 @@ def test_dry_run_writes_every_part_and_every_parity_check_passes(dry_run):
 def test_dry_run_measures_kernels_step_and_sampler(dry_run):
   out, result = dry_run
   by_name = {c["name"]: c for p in result["parts"] for c in p["cases"]}
+  assert by_name["ceiling bf16 matmul 256^3"]["tflops"] > 0
+  assert by_name["ceiling copy 0.00391 GiB"]["gb_per_s"] > 0
   for impl in ("pallas", "xla", "naive"):
     case = by_name[f"cross_entropy {impl} T=64"]
     assert case["median_s"] > 0 and case["temp_bytes"] >= 0

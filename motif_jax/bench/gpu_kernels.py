@@ -13,9 +13,10 @@ call per 128-wide value slab: its value width must equal the QK width). FLOPs: c
 twice for the two slabs, which the count does not credit. Then pallas and the model's cuDNN
 wrapper with 4 packed segments at 8K (the wrapper passes segments as a dense [S, S] mask).
 
-Cases run smallest memory first, so `peak_bytes_in_use` (a running maximum) is per case where
-it grows. A case whose compiled program needs more than the device holds is recorded with its
-memory and not run.
+First the two ceilings METHOD.md asks to measure once: a bf16 matmul (8192^3) and a 4 GiB
+copy (bytes read + written). A case whose compiled program needs more than the device holds is
+recorded with its memory and not run; `peak_bytes_in_use` is per case where the case raised it
+(gpu_measure.peak_figures).
 """
 
 from __future__ import annotations
@@ -54,6 +55,41 @@ def _run(fn, args: tuple, repeats: int) -> dict:
   return figures
 
 
+def _rates(figures: dict, flops: float) -> dict:
+  """TFLOP/s and the fraction of the device's dense bf16 peak (where it is known)."""
+  if "median_s" not in figures:
+    return figures
+  figures["tflops"] = flops / figures["median_s"] / 1e12
+  peak = gm.peak_bf16_flops(jax.devices()[0].device_kind)
+  if peak is not None:
+    figures["peak_fraction"] = flops / figures["median_s"] / peak
+  return figures
+
+
+# ---- Ceilings (METHOD.md: measure the two once) ------------------------------------------------
+
+def _matmul(a, b):
+  return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
+def bench_matmul(n: int, *, repeats: int) -> dict:
+  """bf16 [n, n] @ [n, n] with float32 accumulation, random operands."""
+  k = jax.random.split(jax.random.key(n), 2)
+  args = (gm.random_normal(k[0], (n, n), "bfloat16"), gm.random_normal(k[1], (n, n), "bfloat16"))
+  figures = _run(_matmul, args, repeats)
+  return _rates(figures | {"kind": "ceiling", "what": "bf16 matmul", "n": n}, 2.0 * n ** 3)
+
+
+def bench_copy(n_bytes: int, *, repeats: int) -> dict:
+  """One read and one write of a random float32 array (-x): device memory bandwidth."""
+  x = jax.random.normal(jax.random.key(1), (n_bytes // 4,), jnp.float32)
+  figures = _run(jnp.negative, (x,), repeats)
+  figures.update(kind="ceiling", what="copy (read + write)", bytes=2 * x.size * 4)
+  if "median_s" in figures:
+    figures["gb_per_s"] = 2 * x.size * 4 / figures["median_s"] / 1e9
+  return figures
+
+
 # ---- Cross-entropy -----------------------------------------------------------------------------
 
 def ce_loss_and_grads(impl: str, block_sizes: fce.BlockSizes = fce.BlockSizes()):
@@ -72,9 +108,7 @@ def bench_cross_entropy(impl: str, *, tokens: int, d_model: int, vocab: int, dty
   figures = _run(ce_loss_and_grads(impl, block_sizes), args, repeats)
   flops = 3 * 2 * tokens * d_model * vocab
   figures.update(kind="cross_entropy", impl=impl, tokens=tokens, flops=flops)
-  if "median_s" in figures:
-    figures["tflops"] = flops / figures["median_s"] / 1e12
-  return figures
+  return _rates(figures, flops)
 
 
 # ---- Attention ---------------------------------------------------------------------------------
@@ -120,9 +154,7 @@ def bench_attention(impl: str, *, seq: int, groups: int, ratio: int, head_dim: i
   flops = attention_flops(seq, groups, ratio, head_dim)
   figures.update(kind="attention", impl=impl, seq=seq, segments=4 if segments else 1,
                  flops=flops)
-  if "median_s" in figures:
-    figures["tflops"] = flops / figures["median_s"] / 1e12
-  return figures
+  return _rates(figures, flops)
 
 
 # ---- The part ----------------------------------------------------------------------------------
@@ -136,17 +168,22 @@ def _settings(dry_run: bool) -> dict:
             "attn_blocks": fa.BlockSizes(block_q=16, block_k=16, block_q_dkv=16, block_k_dkv=16,
                                          block_q_dq=16, block_k_dq=16, xla_block_q=32,
                                          xla_block_k=32),
-            "segment_impls": (), "repeats": 2}
+            "segment_impls": (), "matmul": 256, "copy_bytes": 2**22, "repeats": 2}
   ce = {k: kernel_bench.CE_SHAPES[k] for k in ("d_model", "vocab", "dtype")}
   attn = {k: kernel_bench.ATTN_SHAPES[k] for k in ("groups", "ratio", "head_dim", "dtype")}
   return {"ce": ce, "tokens": (8192, 32_768), "ce_blocks": fce.BlockSizes(),
           "attn": attn, "seqs": (8192, 32_768), "attn_blocks": fa.BlockSizes(),
-          "segment_impls": ("pallas", "cudnn"), "repeats": 5}
+          "segment_impls": ("pallas", "cudnn"), "matmul": 8192, "copy_bytes": 2**32,
+          "repeats": 5}
 
 
 def cases(ctx: PartContext):
   st = _settings(ctx.dry_run)
   repeats = st["repeats"]
+  yield (f"ceiling bf16 matmul {st['matmul']}^3",
+         functools.partial(bench_matmul, st["matmul"], repeats=repeats))
+  yield (f"ceiling copy {st['copy_bytes'] / 2**30:.3g} GiB",
+         functools.partial(bench_copy, st["copy_bytes"], repeats=repeats))
   for tokens in st["tokens"]:
     for impl in ("pallas", "xla"):
       yield (f"cross_entropy {impl} T={tokens}",

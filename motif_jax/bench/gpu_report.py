@@ -87,7 +87,10 @@ def case_figures(c: dict) -> str:
   if c.get("kind") == "sampler":
     parts.append(f"{c['tokens_per_s']:.0f} generated tok/s ({c['rows']} rows)")
   if "tflops" in c:
-    parts.append(f"{c['tflops']:.3g} TFLOP/s")
+    share = f" ({c['peak_fraction']:.0%} of bf16 peak)" if "peak_fraction" in c else ""
+    parts.append(f"{c['tflops']:.3g} TFLOP/s{share}")
+  if "gb_per_s" in c:
+    parts.append(f"{c['gb_per_s']:.0f} GB/s")
   if "not_run" in c:
     parts.append(f"not run: {c['not_run']}")
   if "temp_bytes" in c:
