@@ -54,7 +54,7 @@ def _split_microbatches(batch: dict, m: int, rules: shd.ShardingRules) -> dict:
       raise ValueError(f"batch size {b} is not divisible by num_microbatches={m}")
     x_mbt = x_bt.reshape(b // m, m, *x_bt.shape[1:]).swapaxes(0, 1)
     return shd.constrain(x_mbt, (None, "batch", None), rules)
-  return {k: split(batch[k]) for k in BATCH_KEYS}
+  return {k: split(v) for k, v in batch.items()}
 
 
 def _sharded_zeros(params, model: ModelConfig):
@@ -70,34 +70,44 @@ def _sharded_zeros(params, model: ModelConfig):
   return jax.tree.map(zeros, params, param_specs(model))
 
 
-def accumulate_gradients(params, batch: dict, cfg: SFTConfig):
-  """Float32 sums over micro-batches: (loss_sum, token_count, grad_sum)."""
-  grad_fn = jax.value_and_grad(sft_loss, has_aux=True)
-  if cfg.num_microbatches == 1:  # no float32 accumulator: one full-size gradient tree less
-    (loss, aux), grads = grad_fn(params, batch, cfg)
-    return loss, aux["tokens"], jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-  micro = _split_microbatches(batch, cfg.num_microbatches, cfg.model.sharding)
+def accumulate(loss_fn, params, batch: dict, *, num_microbatches: int, model: ModelConfig):
+  """Float32 sums over micro-batches of `loss_fn(params, micro_batch) -> (loss_sum, aux)`.
+
+  Returns (loss_sum, aux with a leading [num_microbatches] axis on every leaf, grad_sum); every
+  [B, ...] array of `batch` is split into strided micro-batches. Shared by the SFT and RL steps.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if num_microbatches == 1:  # no float32 accumulator: one full-size gradient tree less
+    (loss, aux), grads = grad_fn(params, batch)
+    return (loss, jax.tree.map(lambda a: a[None], aux),
+            jax.tree.map(lambda g: g.astype(jnp.float32), grads))
+  micro = _split_microbatches(batch, num_microbatches, model.sharding)
 
   def body(carry, mb):
-    loss_acc, tok_acc, grad_acc = carry
-    (loss, aux), grads = grad_fn(params, mb, cfg)
+    loss_acc, grad_acc = carry
+    (loss, aux), grads = grad_fn(params, mb)
     grad_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
-    return (loss_acc + loss, tok_acc + aux["tokens"], grad_acc), None
+    return (loss_acc + loss, grad_acc), aux
 
-  zeros = _sharded_zeros(params, cfg.model)
-  (loss_sum, tokens, grad_sum), _ = jax.lax.scan(
-      body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros), micro)
-  return loss_sum, tokens, grad_sum
+  zeros = _sharded_zeros(params, model)
+  (loss_sum, grad_sum), aux_m = jax.lax.scan(
+      body, (jnp.zeros((), jnp.float32), zeros), micro)
+  return loss_sum, aux_m, grad_sum
 
 
-def sft_step(state: TrainState, batch: dict, *, cfg: SFTConfig,
-             optimizer: optax.GradientTransformation, schedule: optax.Schedule
-             ) -> tuple[TrainState, dict]:
-  """One optimizer step on the full-batch mean token loss; non-finite steps are skipped."""
-  loss_sum, tokens, grad_sum = accumulate_gradients(state.params, batch, cfg)
-  denom = jnp.maximum(tokens, 1.0)
+def accumulate_gradients(params, batch: dict, cfg: SFTConfig):
+  """Float32 sums over micro-batches: (loss_sum, token_count, grad_sum)."""
+  loss_fn = lambda p, mb: sft_loss(p, mb, cfg)  # noqa: E731
+  loss_sum, aux_m, grad_sum = accumulate(loss_fn, params, {k: batch[k] for k in BATCH_KEYS},
+                                         num_microbatches=cfg.num_microbatches, model=cfg.model)
+  return loss_sum, jnp.sum(aux_m["tokens"]), grad_sum
+
+
+def apply_gradients(state: TrainState, grad_sum, denom: jax.Array, loss: jax.Array,
+                    optimizer: optax.GradientTransformation) -> tuple[TrainState, jax.Array]:
+  """Optimizer update with gradient grad_sum / denom; a non-finite loss or gradient leaves params
+  and optimizer state unchanged and is counted. Returns (new state, gradient norm)."""
   grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grad_sum, state.params)
-  loss = loss_sum / denom
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -108,7 +118,19 @@ def sft_step(state: TrainState, batch: dict, *, cfg: SFTConfig,
       opt_state=keep(opt_state, state.opt_state),
       bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+  return new_state, grad_norm
+
+
+def sft_step(state: TrainState, batch: dict, *, cfg: SFTConfig,
+             optimizer: optax.GradientTransformation, schedule: optax.Schedule
+             ) -> tuple[TrainState, dict]:
+  """One optimizer step on the full-batch mean token loss; non-finite steps are skipped."""
+  loss_sum, tokens, grad_sum = accumulate_gradients(state.params, batch, cfg)
+  denom = jnp.maximum(tokens, 1.0)
+  loss = loss_sum / denom
+  new_state, grad_norm = apply_gradients(state, grad_sum, denom, loss, optimizer)
+  skipped = new_state.skipped_steps - state.skipped_steps
   metrics = {"loss/ce": loss, "grad/norm": grad_norm, "train/tokens": tokens,
-             "train/lr": schedule(state.step), "train/skipped": (~finite).astype(jnp.int32),
+             "train/lr": schedule(state.step), "train/skipped": skipped,
              "train/bad_steps": new_state.bad_steps}
   return new_state, metrics
