@@ -87,6 +87,11 @@ def _losses(workdir: Path) -> list[tuple[int, float]]:
   return [(d["step"], d["loss/ce"]) for d in lines if "loss/ce" in d]
 
 
+def _final_eval(workdir: Path) -> dict:
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {k: v for d in lines for k, v in d.items() if k.startswith("eval/")}
+
+
 def _final_params(workdir: Path):
   return checkpoint.restore_params(workdir / trainer.FINAL_PARAMS)[1]
 
@@ -137,21 +142,27 @@ def test_two_processes_one_step_match_one_process(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_processes_of_four_devices_match_eight_devices_and_resume(tmp_path, monkeypatch):
-  """2 processes x 4 devices vs 1 process x 8 devices (data=2, fsdp=2, tensor=2), 4 steps; then
-  the 2-process run split at step 2 and resumed in fresh processes gives the same curve."""
+  """2 processes x 4 devices vs 1 process x 8 devices (data=2, fsdp=2, tensor=2), 4 steps and
+  the held-out evaluation (loss, greedy sampling); then the 2-process run split at step 2 and
+  resumed in fresh processes gives the same curve."""
   mesh = dict(data=2, fsdp=2, tensor=2)
-  _launch(tmp_path / "multi", processes=2, devices=4, overrides=_overrides(4, mesh))
-  _reference(tmp_path / "single", _overrides(4, mesh), 2, monkeypatch)
+  overrides = {**_overrides(4, mesh), "train.eval_problems": 1, "train.max_new_tokens": 8}
+  _launch(tmp_path / "multi", processes=2, devices=4, overrides=overrides)
+  _reference(tmp_path / "single", overrides, 2, monkeypatch)
   multi, single = _losses(tmp_path / "multi"), _losses(tmp_path / "single")
   assert [s for s, _ in multi] == [1, 2, 3, 4]
+  evals = _final_eval(tmp_path / "multi"), _final_eval(tmp_path / "single")
+  assert "eval/loss" in evals[0] and evals[0].keys() == evals[1].keys()
+  np.testing.assert_allclose([evals[0][k] for k in sorted(evals[0])],
+                             [evals[1][k] for k in sorted(evals[0])], rtol=1e-5)
   # float32 rounding only (see the 1-step test): the collectives' summation order differs.
   np.testing.assert_allclose(multi, single, rtol=1e-5)
   _assert_same_params(_final_params(tmp_path / "multi"), _final_params(tmp_path / "single"),
                       rtol=1e-4, atol=1e-6)
 
   split = tmp_path / "split"
-  _launch(split, processes=2, devices=4, overrides=_overrides(2, mesh))
-  _launch(split, processes=2, devices=4, overrides=_overrides(4, mesh))
+  _launch(split, processes=2, devices=4, overrides={**overrides, "train.num_steps": 2})
+  _launch(split, processes=2, devices=4, overrides=overrides)
   # Resuming (state + per-process iterators) continues the same run. Usually bit for bit, but
   # not always: the cross-process all-reduce (gloo) does not fix its summation order from one
   # run to the next; one run in about eight differed by 1.5e-8 in embedding rows that several
