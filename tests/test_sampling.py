@@ -209,7 +209,7 @@ def test_sharded_sampling_equals_one_device(mesh_shape):
     sharded = sampling.sample(sharded_params, PROMPTS, cfg, **kw)
   np.testing.assert_array_equal(sharded.tokens, single.tokens)
   np.testing.assert_array_equal(sharded.lengths, single.lengths)
-  np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=2e-5)
+  np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-4)  # all-reduce order
   assert sharded.tokens.shape == (9, 5)  # rows padded to the batch shards inside, not outside
   assert len({tuple(r) for r in single.tokens[6:9]}) > 1  # temperature 1: samples differ
 

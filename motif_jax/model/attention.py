@@ -140,11 +140,17 @@ def _gda_core(q_btnh, k_bskh, v_bskh, attend_fn, p, layer, cfg):
   v_bsgv = jnp.concatenate([v_bsg2h[:, :, :, 0], v_bsg2h[:, :, :, 1]], axis=-1)  # V1 ‖ V2
   signal_btgrv = attend_fn(q_btgrh[:, :, :, :r], k_bsg2h[:, :, :, 0], v_bsgv)
   noise_btg1v = attend_fn(q_btgrh[:, :, :, r:], k_bsg2h[:, :, :, 1], v_bsgv)
+  return _gda_mix(signal_btgrv, noise_btg1v, p, layer, cfg)
+
+
+def _gda_mix(signal_btgrv, noise_btg1v, p, layer, cfg):
+  """GDA after attention: signal − λ·noise, SubLN, (1 − λ_init); heads flattened to g·r."""
+  b, t, g, r, v = signal_btgrv.shape
   lam = diff_lambda(p, cfg.lambda_init(layer), jnp.float32)
   o_btgrv = _differential(signal_btgrv, lam, noise_btg1v)  # a noise head serves r signal heads
   o_btgrv = layers.rms_norm(o_btgrv, p["subln"], cfg.attn_rms_norm_eps)
   o_btgrv = o_btgrv * (1 - cfg.lambda_init(layer))
-  return o_btgrv.reshape(b, t, g * r, 2 * h)
+  return o_btgrv.reshape(b, t, g * r, v)
 
 
 _CORES = {"gqa": _gqa_core, "diff": _diff_core, "gda": _gda_core}
@@ -205,9 +211,11 @@ def attention_step(x_b1d: jax.Array, p: dict, layer: int | jax.Array, cos_b1h: j
                    pos_b: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Decode one token per row, row b at its own position pos_b[b] (ragged batches).
 
-  Writes the token's K/V into cache slot pos_b[b] of its row, then attends to slots <= pos_b[b]
-  with the dense masked core (one query per row: the [b, 1, s] logits are small). The cache is
-  KV-head-major, [b, k, s, h], the layout the attention dots read without a transposed copy.
+  Writes the token's K/V into cache slot pos_b[b] of its row, then attends to slots <= pos_b[b].
+  The cache is KV-head-major, [b, k, s, h]: the gqa and gda decode cores below read it in place
+  (batch and head axes leading, as the attention dots want them), where the training cores'
+  reshapes and V1 ‖ V2 concatenation would copy the whole cache every step. diff uses the
+  training core on a transposed view (correct, with those copies).
   """
   q_b1nh, k_b1kh, v_b1kh = project_qkv(x_b1d, p, cos_b1h, sin_b1h, cfg)
   # A per-row dynamic_update_slice (vmapped: a scatter on the batch axis, in place in the loop).
@@ -215,11 +223,57 @@ def attention_step(x_b1d: jax.Array, p: dict, layer: int | jax.Array, cos_b1h: j
       cache_ksh, jnp.swapaxes(new_1kh, 0, 1).astype(cache_ksh.dtype), pos, axis=1))
   k_cache_bksh = write(k_cache_bksh, k_b1kh, pos_b)
   v_cache_bksh = write(v_cache_bksh, v_b1kh, pos_b)
-  valid_b1s = jnp.arange(k_cache_bksh.shape[2])[None, None, :] <= pos_b[:, None, None]
-  attend_fn = functools.partial(_masked, mask_bts=valid_b1s)
-  o_b1nv = _CORES[cfg.attention](q_b1nh, jnp.swapaxes(k_cache_bksh, 1, 2),
-                                 jnp.swapaxes(v_cache_bksh, 1, 2), attend_fn, p, layer, cfg)
+  valid_bs = jnp.arange(k_cache_bksh.shape[2])[None, :] <= pos_b[:, None]
+  if cfg.attention == "gqa":
+    o_b1nv = _decode_gqa(q_b1nh[:, 0], k_cache_bksh, v_cache_bksh, valid_bs)
+  elif cfg.attention == "gda":
+    signal_b1grv, noise_b1g1v = _decode_gda(q_b1nh[:, 0], k_cache_bksh, v_cache_bksh, valid_bs,
+                                            cfg)
+    o_b1nv = _gda_mix(signal_b1grv, noise_b1g1v, p, layer, cfg)
+  else:
+    attend_fn = functools.partial(_masked, mask_bts=valid_bs[:, None])
+    o_b1nv = _CORES[cfg.attention](q_b1nh, jnp.swapaxes(k_cache_bksh, 1, 2),
+                                   jnp.swapaxes(v_cache_bksh, 1, 2), attend_fn, p, layer, cfg)
   return _output(o_b1nv, p, cfg), k_cache_bksh, v_cache_bksh
+
+
+def _masked_softmax(logits, valid):
+  """float32 softmax over the last axis, invalid slots at the float32 minimum (as attend)."""
+  return jax.nn.softmax(jnp.where(valid, logits, jnp.finfo(jnp.float32).min), axis=-1)
+
+
+def _decode_gqa(q_bnh, k_bksh, v_bksh, valid_bs):
+  """`attend_masked` for one query per row on the [b, k, s, h] cache: o_b1nh."""
+  b, n, h = q_bnh.shape
+  q_bkgh = q_bnh.reshape(b, k_bksh.shape[1], -1, h)
+  logits_bkgs = jnp.einsum("bkgh,bksh->bkgs", q_bkgh, k_bksh,
+                           preferred_element_type=jnp.float32) * h ** -0.5
+  probs_bkgs = _masked_softmax(logits_bkgs, valid_bs[:, None, None])
+  o_bkgh = jnp.einsum("bkgs,bksh->bkgh", probs_bkgs.astype(v_bksh.dtype), v_bksh,
+                      preferred_element_type=jnp.float32)
+  return o_bkgh.astype(q_bnh.dtype).reshape(b, 1, n, h)
+
+
+def _decode_gda(q_bnh, k_bksh, v_bksh, valid_bs, cfg):
+  """GDA's two attends (signal heads on K1, the noise head on K2, both over V1 ‖ V2) for one
+  query per row, on the cache viewed as [b, g, 2, s, h] (a free reshape of the interleaved
+  heads): (signal_b1grv, noise_b1g1v)."""
+  b, _, h = q_bnh.shape
+  g, r, s = cfg.num_groups, cfg.gda_ratio, k_bksh.shape[2]
+  q_bgrh = q_bnh.reshape(b, g, r + 1, h)
+  # Pair c = 0 (K1) takes the r signal heads, c = 1 (K2) the noise head, repeated r times so one
+  # batched dot serves both; the copies cost r-1 extra query rows, not a cache copy.
+  q_bgcrh = jnp.stack([q_bgrh[:, :, :r], jnp.broadcast_to(q_bgrh[:, :, r:], (b, g, r, h))], 2)
+  logits_bgcrs = jnp.einsum("bgcrh,bgcsh->bgcrs", q_bgcrh, k_bksh.reshape(b, g, 2, s, h),
+                            preferred_element_type=jnp.float32) * h ** -0.5
+  probs_bgxs = _masked_softmax(logits_bgcrs, valid_bs[:, None, None, None]).reshape(
+      b, g, 1, 2 * r, s)
+  # Each value slab d (V1, V2) gets every probability row: batch axes (b, g, d) lead in both.
+  probs_bgdxs = jnp.broadcast_to(probs_bgxs, (b, g, 2, 2 * r, s)).astype(v_bksh.dtype)
+  o_bgdxh = jnp.einsum("bgdxs,bgdsh->bgdxh", probs_bgdxs, v_bksh.reshape(b, g, 2, s, h),
+                       preferred_element_type=jnp.float32).astype(q_bnh.dtype)
+  o_bgxv = jnp.concatenate([o_bgdxh[:, :, 0], o_bgdxh[:, :, 1]], axis=-1)  # V1 ‖ V2
+  return o_bgxv[:, None, :, :r], o_bgxv[:, None, :, r:r + 1]
 
 
 def _masked(q_btkgh, k_bskh, v_bskv, *, mask_bts):

@@ -1,0 +1,172 @@
+"""Sampler benchmark: generated tokens/s of `motif_jax.sampling.sample`, cold and warm.
+
+(a) The tiny Llama that `../shared/peers/` runs beside Tunix's sampler: vocab 512, d 256, 4
+    layers, 4 query / 2 KV heads of 64, SwiGLU 1024, float32, untied; 8 prompts of 32 tokens,
+    128 new tokens, greedy, no stop ids, one CPU device. Cold = the first call (trace, compile,
+    run); warm = median of the later calls. Beside it, in the same rounds, a floor: a jitted
+    while_loop that only multiplies a batch of 8 through the same weights 128 times (no
+    attention, no cache), i.e. what reading the weights once per token costs on this machine.
+(b) RL-shaped, the tiny Motif model (configs/tiny.py): 16 prompts of 64-128 tokens x 8 samples,
+    256 new tokens, temperature 1, no stop ids. `shared`: num_samples=8 (each prompt prefilled
+    once, its cache rows repeated); `repeated`: every prompt listed 8 times with num_samples=1
+    (prefilled 8 times). Same rows, same work otherwise.
+
+Sides are alternated round by round; figures are min / median / max over rounds. Wall time on a
+shared machine is noisy, so process CPU time is reported too, and the load average.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import common, tiny
+from motif_jax import sampling
+from motif_jax.model import ModelConfig, init_params
+
+LLAMA = dict(vocab_size=512, d_model=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
+             d_ff=1024, attention="gqa", mlp="swiglu", rms_norm_eps=1e-5, max_seq_len=256,
+             dtype="float32", tie_embeddings=False)
+SHAPE_A = dict(batch=8, prompt_len=32, max_new_tokens=128)
+SHAPE_B = dict(prompts=16, samples=8, prompt_len=(64, 128), max_new_tokens=256, temperature=1.0)
+
+
+def load() -> list[float]:
+  return [round(x, 2) for x in os.getloadavg()]
+
+
+def _timed(fn: Callable) -> tuple[object, float, float]:
+  wall, cpu = time.perf_counter(), time.process_time()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _stats(xs: list[float]) -> dict:
+  return {"min": min(xs), "median": statistics.median(xs), "max": max(xs), "all": xs}
+
+
+def weights_floor(params: dict, cfg: ModelConfig, batch: int, steps: int) -> Callable:
+  """A jitted loop of `steps` tokens through the layer matmuls only (per-layer weights)."""
+  layers = [jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(cfg.num_layers)]
+
+  @jax.jit
+  def loop(layers, embed, unembed):
+    def body(carry):
+      i, tok_b = carry
+      x_bd = embed[tok_b]
+      for p in layers:
+        a, m = p["attn"], p["mlp"]
+        q_bnh = jnp.einsum("bd,dnh->bnh", x_bd, a["wq"])
+        kv_bkh = jnp.einsum("bd,dkh->bkh", x_bd, a["wk"]) + jnp.einsum("bd,dkh->bkh", x_bd,
+                                                                          a["wv"])
+        o_bnh = q_bnh + jnp.tile(kv_bkh, (1, q_bnh.shape[1] // kv_bkh.shape[1], 1))
+        x_bd = x_bd + jnp.einsum("bnh,nhd->bd", o_bnh, a["wo"])
+        gate_bf = jnp.einsum("bd,df->bf", x_bd, m["w_gate"])
+        x_bd = x_bd + jnp.einsum("bf,fd->bd", jax.nn.silu(gate_bf) * (x_bd @ m["w_up"]),
+                                 m["w_down"])
+      return i + 1, jnp.argmax(x_bd @ unembed, axis=-1).astype(jnp.int32)
+    return jax.lax.while_loop(lambda c: c[0] < steps, body,
+                              (0, jnp.zeros((batch,), jnp.int32)))[1]
+
+  return lambda: loop(layers, params["embed"], params["unembed"])
+
+
+def bench_llama(rounds: int, warm_calls: int) -> dict:
+  """Shape (a): cold and warm generated tokens/s, and the weights-only floor, alternated."""
+  cfg = ModelConfig.from_config_dict(common.model(**LLAMA))
+  params = init_params(jax.random.key(0), cfg)
+  rng = np.random.default_rng(1)
+  prompts = rng.integers(2, cfg.vocab_size, (SHAPE_A["batch"], SHAPE_A["prompt_len"])).tolist()
+
+  def run():
+    return sampling.sample(params, prompts, cfg, max_new_tokens=SHAPE_A["max_new_tokens"],
+                           temperature=0.0, key=jax.random.key(0))
+
+  rollouts, cold_wall, cold_cpu = _timed(run)
+  generated = int(rollouts.lengths.sum())
+  floor = weights_floor(params, cfg, SHAPE_A["batch"], SHAPE_A["max_new_tokens"])
+  floor()
+  walls, cpus, floor_walls = [], [], []
+  for _ in range(rounds):
+    for _ in range(warm_calls):
+      _, wall, cpu = _timed(run)
+      walls.append(wall)
+      cpus.append(cpu)
+    floor_walls.append(_timed(floor)[1])
+  warm = statistics.median(walls)
+  return {"model": LLAMA, **SHAPE_A, "generated_tokens": generated,
+          "decode_steps": rollouts.decode_steps,
+          "cold_s": cold_wall, "cold_cpu_s": cold_cpu,
+          "cold_tokens_per_s": generated / cold_wall,
+          "warm_s": _stats(walls), "warm_cpu_s": _stats(cpus),
+          "warm_tokens_per_s": generated / warm,
+          "weights_floor_s": _stats(floor_walls),
+          "weights_floor_tokens_per_s": generated / statistics.median(floor_walls)}
+
+
+def bench_rl_shape(rounds: int) -> dict:
+  """Shape (b): shared prefill vs the prompt repeated per sample, alternated."""
+  cfg = ModelConfig.from_config_dict(tiny.get_config().model)
+  params = init_params(jax.random.key(0), cfg)
+  rng = np.random.default_rng(2)
+  lo, hi = SHAPE_B["prompt_len"]
+  n = SHAPE_B["samples"]
+  prompts = [rng.integers(2, cfg.vocab_size, int(rng.integers(lo, hi + 1))).tolist()
+             for _ in range(SHAPE_B["prompts"])]
+  kw = dict(max_new_tokens=SHAPE_B["max_new_tokens"], temperature=SHAPE_B["temperature"],
+            key=jax.random.key(0))
+  sides = {
+      "shared": lambda: sampling.sample(params, prompts, cfg, num_samples=n, **kw),
+      "repeated": lambda: sampling.sample(params, [p for p in prompts for _ in range(n)], cfg,
+                                          num_samples=1, **kw),
+  }
+  result = {"model": "configs/tiny.py", **SHAPE_B}
+  for name, fn in sides.items():
+    rollouts, wall, cpu = _timed(fn)
+    result[name] = {"cold_s": wall, "cold_cpu_s": cpu, "walls": [], "cpus": []}
+    result["generated_tokens"] = int(rollouts.lengths.sum())
+  for _ in range(rounds):
+    for name, fn in sides.items():
+      _, wall, cpu = _timed(fn)
+      result[name]["walls"].append(wall)
+      result[name]["cpus"].append(cpu)
+  for name in sides:
+    side = result[name]
+    side["warm_s"], side["warm_cpu_s"] = _stats(side.pop("walls")), _stats(side.pop("cpus"))
+    side["warm_tokens_per_s"] = result["generated_tokens"] / side["warm_s"]["median"]
+  result["repeated_over_shared_wall"] = [r / s for r, s in zip(
+      result["repeated"]["warm_s"]["all"], result["shared"]["warm_s"]["all"])]
+  return result
+
+
+def table(result: dict) -> str:
+  lines = [f"load average before/after: {result['load_before']} / {result['load_after']}"]
+  if "llama" in result:
+    a = result["llama"]
+    lines += [
+        f"(a) tiny Llama, {a['batch']} x {a['prompt_len']} + {a['max_new_tokens']} greedy, "
+        f"{a['decode_steps']} decode steps",
+        f"    cold {a['cold_s']:.2f} s ({a['cold_tokens_per_s']:.0f} tok/s); warm median "
+        f"{a['warm_s']['median']:.3f} s (min {a['warm_s']['min']:.3f}): "
+        f"{a['warm_tokens_per_s']:.0f} generated tok/s",
+        f"    weights-only floor {a['weights_floor_s']['median']:.3f} s: "
+        f"{a['weights_floor_tokens_per_s']:.0f} tok/s"]
+  if "rl" in result:
+    b = result["rl"]
+    lines.append(f"(b) tiny Motif, {b['prompts']} prompts x {b['samples']} samples, "
+                 f"{b['max_new_tokens']} new tokens, T={b['temperature']}")
+    for name in ("shared", "repeated"):
+      s = b[name]
+      lines.append(f"    {name:8s} warm median {s['warm_s']['median']:.2f} s "
+                   f"(min {s['warm_s']['min']:.2f}, max {s['warm_s']['max']:.2f}): "
+                   f"{s['warm_tokens_per_s']:.0f} tok/s; cold {s['cold_s']:.2f} s")
+    ratios = b["repeated_over_shared_wall"]
+    lines.append(f"    repeated / shared time per round: min {min(ratios):.2f}, median "
+                 f"{statistics.median(ratios):.2f}, max {max(ratios):.2f}")
+  return "\n".join(lines)
