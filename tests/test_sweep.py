@@ -189,6 +189,9 @@ def test_a_running_point_is_not_started_twice_and_stale_locks_are_broken(project
   os.utime(remote / points.LOCK_FILE, (old, old))
   assert points.state(remote) == "pending"
   assert not points.acquire(live)
+  (remote / points.LOCK_FILE).write_text("")  # a lock caught mid-write is held while fresh
+  assert points.state(remote) == "running"
+  os.utime(remote / points.LOCK_FILE, (old, old))
   rows, _ = _run(project, workdir)
   assert [r["status"] for r in rows] == ["running", "failed", "done"]  # 0.9 fails, as before
   assert not (live / "runs.txt").exists()

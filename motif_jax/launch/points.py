@@ -64,12 +64,12 @@ def lock_is_stale(lock: dict, mtime: float, *, now: float | None = None) -> bool
 
 def state(point_dir: Path) -> str:
   """done | failed | running (fresh lock) | submitted | pending (never run, or a stale lock)."""
-  lock = read_json(point_dir / LOCK_FILE)
-  if lock is not None:
-    try:
-      mtime = (point_dir / LOCK_FILE).stat().st_mtime
-    except FileNotFoundError:
-      mtime = 0.0
+  try:
+    mtime = (point_dir / LOCK_FILE).stat().st_mtime
+  except FileNotFoundError:
+    lock = None
+  else:  # a lock being written reads as {}: only its age tells
+    lock = read_json(point_dir / LOCK_FILE) or {}
     if not lock_is_stale(lock, mtime):
       return RUNNING
   status = read_json(point_dir / STATUS_FILE)
