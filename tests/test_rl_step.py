@@ -1,0 +1,172 @@
+"""rl_step: micro-batches give the full-batch update, a policy-gradient step moves log-probs the
+advantage's way, on-policy data has unit ratios and weights, non-finite steps are skipped, and
+an 8-device mesh equals one device. Two step compiles (1 and 4 micro-batches) are shared."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+
+from configs import rl as rl_config
+from model_helpers import random_params, tiny_config
+from motif_jax import sharding as shd
+from motif_jax import trainer
+from motif_jax.rl.config import RLConfig
+from motif_jax.rl.step import RLStepConfig, jit_old_logprobs, jit_rl_step, rl_updates
+from motif_jax.train_state import init_train_state
+
+B, T, LR = 8, 16, 0.5
+
+
+def rl_batch(model, seed=0):
+  """8 rows x 2 trajectories (prompt 3 tokens, ragged completions), both domains, advantages
+  of both signs, a π_old a little off μ (TIS weights != 1) and a reference policy."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, model.vocab_size, (B, T)).astype(np.int32)
+  seq = np.where(np.arange(T) < T // 2, 1, 2)[None].repeat(B, 0).astype(np.int32)
+  start = np.where(seq == 1, 0, T // 2)
+  positions = (np.arange(T)[None] - start).astype(np.int32)
+  completion = 1 + (np.arange(B)[:, None] * 3 + seq) % 4  # 1..4 completion tokens: ragged
+  loss_mask = ((positions >= 3) & (positions < 3 + completion)).astype(np.int32)
+  adv_seq = rng.choice([-1.5, -0.5, 0.5, 1.5], (B, 2)).astype(np.float32)
+  pick = lambda per_seq: np.take_along_axis(per_seq, seq - 1, axis=1)  # noqa: E731
+  behaviour = (-2.0 + 0.3 * rng.standard_normal((B, T))).astype(np.float32) * loss_mask
+  return dict(
+      tokens=tokens, targets=np.roll(tokens, -1, axis=1), segment_ids=seq, positions=positions,
+      loss_mask=loss_mask, sequence_ids=seq, advantages=pick(adv_seq),
+      behaviour_logprobs=behaviour,
+      old_logprobs=behaviour + (0.4 * rng.standard_normal((B, T))).astype(np.float32),
+      ref_logprobs=behaviour - 0.1, rewards=pick((adv_seq > 0).astype(np.float32)),
+      passed=pick((adv_seq > 1).astype(np.float32)),
+      truncated=pick(rng.integers(0, 2, (B, 2)).astype(np.float32)),
+      domain_ids=np.broadcast_to((np.arange(B) % 2)[:, None], (B, T)).astype(np.int32))
+
+
+def _rl(**overrides):
+  cfg = RLConfig.from_config_dict(rl_config.get_config("smoke").rl)
+  return dataclasses.replace(cfg, **overrides)
+
+
+RL = _rl(kl_coef=0.05, entropy_coef=0.01, dual_clip=3.0, tis_cap=1.5)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = tiny_config()
+  params = random_params(model, scale=0.02)
+  sgd = optax.sgd(LR)
+  steps = {m: jit_rl_step(RLStepConfig(model, RL, num_microbatches=m), sgd,
+                          optax.constant_schedule(LR)) for m in (1, 4)}
+  return model, params, sgd, steps
+
+
+def fresh_state(params, sgd):
+  """A TrainState on copies of params: the jitted step donates (deletes) its input state."""
+  state = jax.jit(functools.partial(init_train_state, optimizer=sgd))(params)
+  return jax.tree.map(jnp.copy, state)  # distinct buffers (jit may forward its inputs)
+
+
+def _new_params(step, params, sgd, batch):
+  return step(fresh_state(params, sgd), batch)
+
+
+def test_microbatched_rl_update_equals_the_full_batch(setup):
+  model, params, sgd, steps = setup
+  batch = rl_batch(model)
+  s1, m1 = _new_params(steps[1], params, sgd, batch)
+  s4, m4 = _new_params(steps[4], params, sgd, batch)
+  counts = batch["loss_mask"].sum(1)
+  assert len(set(counts.tolist())) > 2  # ragged rows
+  assert float(m4["train/tokens"]) == counts.sum() == float(m1["train/tokens"])
+  assert float(m4["train/sequences"]) == 2 * B
+  np.testing.assert_allclose(m4["loss/rl"], m1["loss/rl"], rtol=1e-5)
+  for name in ("clip/low", "clip/high", "is/capped", "ratio/max", "kl/ref", "entropy"):
+    np.testing.assert_allclose(m4[name], m1[name], rtol=1e-5, err_msg=name)
+  assert float(m1["is/capped"]) > 0 and float(m1["clip/low"] + m1["clip/high"]) > 0
+  step_size = optax.tree.norm(jax.tree.map(jnp.subtract, s1.params, params))
+  delta = optax.tree.norm(jax.tree.map(jnp.subtract, s4.params, s1.params))
+  assert float(step_size) > 1e-3 and float(delta) < 1e-5 * float(step_size)
+
+
+def test_rollout_metrics_per_domain_hand_values(setup):
+  model, params, sgd, steps = setup
+  batch = rl_batch(model)
+  _, m = _new_params(steps[1], params, sgd, batch)
+  mask, seq = batch["loss_mask"], batch["sequence_ids"]
+  per_seq = lambda k: np.array([[batch[k][b][seq[b] == s][0] for s in (1, 2)]  # noqa: E731
+                                for b in range(B)])
+  lengths = np.array([[mask[b][seq[b] == s].sum() for s in (1, 2)] for b in range(B)])
+  np.testing.assert_allclose(m["rl/reward"], per_seq("rewards").mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["rl/pass_rate"], per_seq("passed").mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["rl/truncation"], per_seq("truncated").mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["rl/response_length"], lengths.mean(), rtol=1e-6)
+  np.testing.assert_allclose(m["adv/mean"], per_seq("advantages").mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["adv/std"], per_seq("advantages").std(), rtol=1e-4)
+  rows = np.arange(B) % 2 == 1  # domain 1 ("lists") = odd rows
+  np.testing.assert_allclose(m["domain/lists/reward"], per_seq("rewards")[rows].mean(), rtol=1e-5)
+  np.testing.assert_allclose(m["domain/arith/response_length"], lengths[~rows].mean(), rtol=1e-6)
+  assert float(m["domain/arith/sequences"]) == float(m["domain/lists/sequences"]) == B
+
+
+def test_policy_gradient_step_moves_log_probs_the_advantage_way(setup):
+  """One prompt, 8 sampled completions (rows), on-policy: ratio and TIS weight exactly 1, no
+  clipping; after the step log π rises on positive-advantage tokens and falls on negative."""
+  model, params, sgd, steps = setup
+  batch = rl_batch(model, seed=1)
+  batch["tokens"][:, :3] = batch["tokens"][0, :3]  # the same prompt in every row
+  batch["targets"] = np.roll(batch["tokens"], -1, axis=1)
+  logprobs = jit_old_logprobs(RLStepConfig(model, RL))
+  current = np.asarray(logprobs(params, batch))
+  on_policy = dict(batch, behaviour_logprobs=current, ref_logprobs=current)
+  cfg = RLStepConfig(model, dataclasses.replace(RL, old_policy="recompute"))
+  state, metrics = rl_updates(steps[1], fresh_state(params, sgd), on_policy, cfg=cfg,
+                              old_logprobs_fn=logprobs)
+  m = metrics[0]
+  for name in ("ratio/mean", "ratio/max", "is/mean", "is/max"):
+    np.testing.assert_allclose(m[name], 1.0, rtol=1e-5, err_msg=name)
+  for name in ("is/capped", "clip/low", "clip/high", "clip/dual", "kl/old", "kl/ref"):
+    assert float(m[name]) == 0.0, name
+  after = np.asarray(logprobs(state.params, batch))
+  mask = batch["loss_mask"] > 0
+  change = (after - current)[mask]
+  adv = batch["advantages"][mask]
+  assert change[adv > 0].mean() > 0 > change[adv < 0].mean()
+  assert np.corrcoef(change, adv)[0, 1] > 0.5
+
+
+def test_non_finite_step_is_skipped_and_counted(setup):
+  model, params, sgd, steps = setup
+  poisoned = dict(params, embed=params["embed"].at[int(rl_batch(model)["tokens"][0, 0])]
+                  .set(jnp.inf))
+  state = fresh_state(poisoned, sgd)
+  new, m = steps[1](state, rl_batch(model))
+  assert int(m["train/skipped"]) == 1 and int(new.skipped_steps) == 1 and int(new.step) == 1
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(poisoned)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sharded_rl_step_equals_one_device(setup):
+  model, params, sgd, steps = setup
+  batch = rl_batch(model)
+  ref_state, ref_m = steps[1](fresh_state(params, sgd), batch)
+  mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  cfg = RLStepConfig(model, RL, num_microbatches=2)
+  with jax.set_mesh(mesh):
+    _, state_shardings = trainer.abstract_train_state(model, sgd, 0, mesh)
+    batch_sharding = NamedSharding(mesh, shd.spec_for(("batch", None), model.sharding))
+    step = jit_rl_step(cfg, sgd, optax.constant_schedule(LR), state_shardings, batch_sharding)
+    state = jax.jit(functools.partial(init_train_state, optimizer=sgd),
+                    out_shardings=state_shardings)(params)
+    new, m = step(state, jax.device_put(batch, batch_sharding))
+  assert len(new.params["layers"]["attn"]["wq"].addressable_shards) == 8
+  for name in ("loss/rl", "rl/reward", "clip/high", "is/capped", "entropy", "grad/norm"):
+    np.testing.assert_allclose(m[name], ref_m[name], rtol=1e-4, err_msg=name)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new.params)[0],
+                          jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
