@@ -142,3 +142,16 @@ def test_rl_config_errors_name_the_field():
   for variant in ("smoke", "quickstart", "motif"):
     cfg = RLConfig.from_config_dict(rl_config.get_config(variant).rl)
     assert (cfg.eps_low, cfg.eps_high, cfg.kl_coef, cfg.tis_cap) == (0.2, 0.28, 0.0, 2.0)
+
+
+def test_tis_weight_scales_the_policy_gradient_term_of_replayed_tokens():
+  """π_old = π_θ, μ 5x less likely (an older sampler): weight min(5, cap 2) multiplies -ρA."""
+  logp = jnp.log(jnp.array([[0.5, 0.5]]))
+  batch = dict(old_logprobs=logp, behaviour_logprobs=logp - jnp.log(jnp.array([[5.0, 1.25]])),
+               advantages=jnp.array([[1.0, -1.0]]), loss_mask=jnp.ones((1, 2)),
+               sequence_ids=jnp.ones((1, 2), jnp.int32))
+  loss, stats = obj.policy_loss_terms(logp, jnp.zeros_like(logp), batch, _rl(tis_cap=2.0))
+  np.testing.assert_allclose(loss, [[-2.0, 1.25]], rtol=1e-5)
+  np.testing.assert_array_equal(stats["is_capped"], [[1, 0]])
+  loss, _ = obj.policy_loss_terms(logp, jnp.zeros_like(logp), batch, _rl(tis_cap=0.0))
+  np.testing.assert_allclose(loss, [[-1.0, 1.0]], rtol=1e-6)

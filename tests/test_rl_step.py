@@ -127,12 +127,15 @@ def test_policy_gradient_step_moves_log_probs_the_advantage_way(setup):
   state, metrics = rl_updates(steps[1], fresh_state(params, sgd), on_policy, cfg=cfg,
                               old_logprobs_fn=logprobs)
   m = metrics[0]
+  # Ratio 1, reference = current: loss = -(token mean of A) - entropy_coef * mean entropy.
+  mask = batch["loss_mask"] > 0
+  expected = -batch["advantages"][mask].mean() - RL.entropy_coef * float(m["entropy"])
+  np.testing.assert_allclose(m["loss/rl"], expected, rtol=1e-5)
   for name in ("ratio/mean", "ratio/max", "is/mean", "is/max"):
     np.testing.assert_allclose(m[name], 1.0, rtol=1e-5, err_msg=name)
   for name in ("is/capped", "clip/low", "clip/high", "clip/dual", "kl/old", "kl/ref"):
     assert float(m[name]) == 0.0, name
   after = np.asarray(logprobs(state.params, batch))
-  mask = batch["loss_mask"] > 0
   change = (after - current)[mask]
   adv = batch["advantages"][mask]
   assert change[adv > 0].mean() > 0 > change[adv < 0].mean()
@@ -150,12 +153,19 @@ def test_non_finite_step_is_skipped_and_counted(setup):
     np.testing.assert_array_equal(a, b)
 
 
-def test_sharded_rl_step_equals_one_device(setup):
-  model, params, sgd, steps = setup
-  batch = rl_batch(model)
-  ref_state, ref_m = steps[1](fresh_state(params, sgd), batch)
+def test_sharded_sequence_level_step_equals_one_device(setup):
+  """GSPO ratio + sequence-level normalization, 2 micro-batches with ragged sequence counts on a
+  (data, fsdp, tensor) = (2, 2, 2) mesh, against one device with the whole batch at once."""
+  model, params, sgd, _ = setup
+  batch = rl_batch(model, seed=2)
+  # Rows 0 and 2 lose their second trajectory: micro-batches hold 6 and 8 sequences.
+  batch["loss_mask"][[0, 2], T // 2:] = 0
+  rl = dataclasses.replace(RL, loss_level="sequence", ratio_level="sequence")
+  single = jit_rl_step(RLStepConfig(model, rl), sgd, optax.constant_schedule(LR))
+  ref_state, ref_m = single(fresh_state(params, sgd), batch)
+  assert float(ref_m["train/sequences"]) == 2 * B - 2
   mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  cfg = RLStepConfig(model, RL, num_microbatches=2)
+  cfg = RLStepConfig(model, rl, num_microbatches=2)
   with jax.set_mesh(mesh):
     _, state_shardings = trainer.abstract_train_state(model, sgd, 0, mesh)
     batch_sharding = NamedSharding(mesh, shd.spec_for(("batch", None), model.sharding))
@@ -164,7 +174,8 @@ def test_sharded_rl_step_equals_one_device(setup):
                     out_shardings=state_shardings)(params)
     new, m = step(state, jax.device_put(batch, batch_sharding))
   assert len(new.params["layers"]["attn"]["wq"].addressable_shards) == 8
-  for name in ("loss/rl", "rl/reward", "clip/high", "is/capped", "entropy", "grad/norm"):
+  for name in ("loss/rl", "rl/reward", "clip/high", "is/capped", "entropy", "grad/norm",
+               "train/sequences"):
     np.testing.assert_allclose(m[name], ref_m[name], rtol=1e-4, err_msg=name)
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new.params)[0],
                           jax.tree.leaves(ref_state.params)):
