@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       verifier_timeout_s=10.0,  # math-verify per answer (the worker is killed after it)
       code_timeout_s=5.0,  # sandbox deadline per program
       code_memory_mb=512,  # sandbox address-space limit
+      code_allow_weak_isolation=False,  # True: without namespaces, run code with rlimits only
       max_workers=4,  # concurrent slow verifications
   ))
   if args.smoke:

@@ -260,7 +260,7 @@ def _natural(text: str) -> tuple:
 HELDOUT_REWARDS = rewards.RewardConfig(
     terms={"arith": "exact", "lists": "exact", "code": "code", "math": "math"},
     default_terms="exact", overlong_window=1, verifier_timeout_s=10.0, code_timeout_s=5.0,
-    code_memory_mb=512, max_workers=2)
+    code_memory_mb=512, code_allow_weak_isolation=False, max_workers=2)
 
 
 def heldout_records(data: DataConfig, per_difficulty: int) -> list[Record]:

@@ -98,7 +98,7 @@ def first_char_reward():
   rewards.register("first_char", _first_char, verifier=True)
   yield rewards.RewardConfig(terms={"toy": "first_char"}, default_terms="", overlong_window=4,
                              verifier_timeout_s=5.0, code_timeout_s=5.0, code_memory_mb=256,
-                             max_workers=1)
+                             code_allow_weak_isolation=False, max_workers=1)
   del rewards.REWARDS["first_char"]
 
 

@@ -28,7 +28,8 @@ def _record(domain="arith", answer="12", tests=()):
 def _config(**overrides):
   values = dict(terms={"math": "math:1.0,format:0.1", "arith": "exact,format:0.5,overlong:2"},
                 default_terms="exact", overlong_window=4, verifier_timeout_s=2.0,
-                code_timeout_s=5.0, code_memory_mb=512, max_workers=2)
+                code_timeout_s=5.0, code_memory_mb=512,
+                code_allow_weak_isolation=False, max_workers=2)
   return RewardConfig(**{**values, **overrides})
 
 
@@ -210,3 +211,27 @@ def test_code_reward_runs_the_tests_in_the_sandbox():
   looped = code(loop, record)
   assert looped.details["reason"] == "tests_timeout" and time.monotonic() - start < 2.0 + 3.0
   assert code("<think>\nx\n</think>\nno code", record).details["reason"] == "no_extracted_answer"
+
+
+def test_code_reward_end_to_end_on_the_toy_code_corpus_agrees_with_running_the_tests():
+  pytest.importorskip("motif_jax.rl.sandbox")
+  from data_helpers import small_config  # noqa: PLC0415
+  cfg = small_config(toy=dict(domains="code", problems=6, duplicate_rate=0.0, error_rate=0.5,
+                              format_error_rate=0.2)).toy
+  records = toy_corpus.corpus(cfg)
+  expected = []
+  for r in records:  # the oracle: the same program and tests run in this process
+    program, namespace = rewards.parse(r.response, Context()).answer, {}
+    try:
+      exec(program, namespace)  # noqa: S102
+      for test in r.tests:
+        exec(test, namespace)  # noqa: S102
+      expected.append(True)
+    except (AssertionError, TypeError, SyntaxError):  # TypeError: no program extracted
+      expected.append(False)
+  assert 0 < sum(expected) < len(records)
+  with Scorer(_config(terms={"code": "code,format:0.1"})) as scorer:
+    out = scorer.score([r.response for r in records], records)
+  assert [r.details["correct"] for r in out] == expected
+  assert all(r.details["terms"]["code"]["isolation"] == "namespaces"
+             for r, ok in zip(out, expected) if ok)

@@ -92,7 +92,7 @@ def exact_reward(text: str, record: Record, context: Context = Context()) -> Rew
 
 
 def code_reward(text: str, record: Record, context: Context = Context(), *, timeout_s: float,
-                memory_mb: int) -> Reward:
+                memory_mb: int, allow_weak_isolation: bool) -> Reward:
   from motif_jax.rl import sandbox  # noqa: PLC0415 (only code domains need it)
   if not record.tests:
     return _fail("no_tests")
@@ -100,11 +100,13 @@ def code_reward(text: str, record: Record, context: Context = Context(), *, time
   if program is None:
     return _fail("no_extracted_answer")
   result = sandbox.execute(program, "\n".join(record.tests), timeout_s=timeout_s,
-                           memory_mb=memory_mb)
-  details = dict(status=result.status, seconds=round(result.seconds, 3))
+                           memory_mb=memory_mb, allow_weak_isolation=allow_weak_isolation)
+  details = dict(status=result.status, seconds=round(result.seconds, 3),
+                 isolation=result.isolation)
   if result.passed:
     return Reward(1.0, details)
-  return _fail(f"tests_{result.status}", stderr=result.stderr[-500:], **details)
+  return _fail(f"tests_{result.status}", detail=result.detail, stderr=result.stderr[-500:],
+               **details)
 
 
 def format_reward(text: str, record: Record, context: Context = Context()) -> Reward:
@@ -167,7 +169,8 @@ register("math", math_reward, executor="process", verifier=True,
          settings=lambda cfg: dict(timeout_s=int(cfg.verifier_timeout_s) + 1))
 register("exact", exact_reward, verifier=True)
 register("code", code_reward, executor="thread", verifier=True,
-         settings=lambda cfg: dict(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb))
+         settings=lambda cfg: dict(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb,
+                                   allow_weak_isolation=cfg.code_allow_weak_isolation))
 register("format", format_reward)
 register("overlong", overlong_reward, settings=lambda cfg: dict(window=cfg.overlong_window))
 
@@ -196,6 +199,7 @@ class RewardConfig:
   verifier_timeout_s: float  # process-pool terms (math-verify): the worker is killed after it
   code_timeout_s: float  # sandbox deadline per program
   code_memory_mb: int  # sandbox address-space limit
+  code_allow_weak_isolation: bool  # no namespaces on this machine: run code anyway (rlimits only)
   max_workers: int  # concurrent slow verifications (per pool)
 
   def __post_init__(self):
