@@ -71,3 +71,32 @@ def test_state_round_trips_exactly_through_files(tmp_path):
   empty = ReplayBuffer(4, 1)
   empty.save(str(tmp_path / "empty"))
   assert ReplayBuffer.load(str(tmp_path / "empty")).items == []
+
+
+def _t(prompt, completion, logprobs, adv, domain=0):
+  return Trajectory(np.array(prompt, np.int32), np.array(completion, np.int32),
+                    np.array(logprobs, np.float32), reward=1.0, advantage=adv, passed=True,
+                    truncated=False, prompt_id=0, domain=domain, version=0)
+
+
+def test_pack_trajectories_aligns_completion_log_probs_with_their_targets():
+  from motif_jax.rl.packing import pack_trajectories
+  a = _t([5, 6], [7, 8, 9], [-.1, -.2, -.3], 1.5)  # 4 positions
+  b = _t([1], [2, 3], [-.4, -.5], -0.5, domain=1)  # 2 positions: fills row 0 exactly
+  c = _t([4, 4], [3], [-.6], 2.0)  # 2 positions: row 1
+  batch = pack_trajectories([a, b, c], rows=2, seq_len=6)
+  np.testing.assert_array_equal(batch["tokens"], [[5, 6, 7, 8, 1, 2], [4, 4, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["targets"], [[6, 7, 8, 9, 2, 3], [4, 3, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["loss_mask"], [[0, 1, 1, 1, 1, 1], [0, 1, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["segment_ids"], [[1, 1, 1, 1, 2, 2], [1, 1, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["sequence_ids"], batch["segment_ids"])
+  np.testing.assert_array_equal(batch["positions"], [[0, 1, 2, 3, 0, 1], [0, 1, 0, 0, 0, 0]])
+  np.testing.assert_allclose(batch["behaviour_logprobs"],
+                             [[0, -.1, -.2, -.3, -.4, -.5], [0, -.6, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["old_logprobs"], batch["behaviour_logprobs"])
+  np.testing.assert_allclose(batch["advantages"][0], [1.5] * 4 + [-0.5] * 2)
+  np.testing.assert_array_equal(batch["domain_ids"][0], [0, 0, 0, 0, 1, 1])
+  with pytest.raises(ValueError, match="do not fit in rows=1"):
+    pack_trajectories([a, b, c], rows=1, seq_len=6)
+  with pytest.raises(ValueError, match="needs 4 positions; rows hold seq_len=3"):
+    pack_trajectories([a], rows=4, seq_len=3)
