@@ -133,6 +133,18 @@ def test_the_shipped_sft_sweep_moves_the_shared_batch_size():
     assert point.derived == {"optim.warmup_steps": 4}
 
 
+def test_the_shipped_rl_sweep_pairs_band_bounds_with_clip_higher():
+  s = sweep.load_sweep(ROOT / "configs/sweeps/rl_band_clip.py")
+  expanded = sweep.expand(s, str(ROOT / "configs/rl.py") + ":smoke")
+  assert len(expanded) == 9 and s.goal == "max"
+  bands = {(p.config.rl.pass_rate_low, p.config.rl.pass_rate_high) for p in expanded}
+  assert bands == {(0.0, 1.0), (0.1, 0.9), (0.2, 0.8)}
+  for point in expanded:  # every band is a proper interval; clip-higher never below eps_low
+    assert point.config.rl.pass_rate_low < point.config.rl.pass_rate_high
+    assert point.config.rl.eps_high >= point.config.rl.eps_low
+  assert sorted({p.config.rl.eps_high for p in expanded}) == [0.2, 0.28, 0.35]
+
+
 def test_point_names_are_deterministic_readable_and_unique():
   name = sweep.point_name({"train.batch_size": 8, "optim.learning_rate": 0.003})
   # Golden: a sweep resumes by these names, so changing the scheme orphans existing workdirs.
