@@ -4,8 +4,9 @@
   python -m experiments.bench_sampler --out=/tmp/a.json --parts=llama --rounds=5
 
 (a) `llama`: the tiny Llama of the Tunix side-by-side (8 x 32 prompt tokens + 128 greedy) on the
-default device (one CPU device unless XLA_FLAGS asks for more). (b) `rl`: the tiny Motif model, 16 prompts x 8 samples, 256 new tokens at
-temperature 1, shared prefill vs the prompt repeated per sample. Not a test.
+default device (one CPU device unless XLA_FLAGS asks for more). (b) `rl`: the tiny Motif model,
+16 prompts x 8 samples, 256 new tokens at temperature 1, shared prefill vs the prompt repeated
+per sample. Not a test.
 """
 
 import json

@@ -1,5 +1,5 @@
 """The sampler: KV-cache decoding equals the full forward, per-row positions, shared prefill,
-truncation, stop semantics, behaviour log-probs equal to the trainer's, and sharded == one device."""
+truncation, stop semantics, behaviour log-probs equal to the trainer's, sharded == one device."""
 
 import functools
 

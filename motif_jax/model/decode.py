@@ -1,10 +1,12 @@
 """KV-cache inference: chunked prefill of whole prompts, then one token per row per step.
 
 The cache holds each layer's rotated K and V as its own array, `{"k": [L × [b, k, S, h]], "v":
-…}` (KV-head-major: the layout the attention dots read without a transposed copy per step), and the layer weights are sliced out of the stacked training tree once (`decode_params`),
+…}` (KV-head-major: the layout the decode attention reads in place, with no transposed copy per
+step), and the layer weights are sliced out of the stacked training tree once (`decode_params`),
 before any loop: slicing the stacked `[L, …]` weights inside a decode loop made XLA copy them on
 every step (CPU, measured in `motif_jax/bench/sampler.py`), and so did a scan whose per-layer
-outputs are the cache. Layers run as an unrolled Python loop.
+outputs are the cache. Decode layers run as an unrolled Python loop; prefill, once per call,
+scans the stacked layers (one compiled layer).
 
 `prefill` writes the K/V of positions 0..t-1 of every row, `chunk` tokens per forward pass;
 `decode_step` runs row b at its own position pos_b[b] (ragged prompts). Both reuse the training
