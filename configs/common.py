@@ -47,6 +47,24 @@ def sharding_rules() -> ml_collections.ConfigDict:
   ))
 
 
+def sandbox(**overrides) -> ml_collections.ConfigDict:
+  """motif_jax.rl.sandbox.SandboxConfig: limits for running generated code."""
+  cfg = ml_collections.ConfigDict(dict(
+      timeout_s=5.0,  # wall deadline per program, launch included
+      memory_mb=512,  # RLIMIT_AS per process
+      max_processes=32,  # RLIMIT_NPROC (threads count too)
+      file_mb=16,  # RLIMIT_FSIZE: largest file a program may write
+      open_files=64,  # RLIMIT_NOFILE
+      disk_mb=64,  # size of each private tmpfs (/tmp, /dev/shm)
+      tail_bytes=16384,  # stdout/stderr bytes kept (the tail)
+      output_limit_bytes=4 << 20,  # more output than this kills the run (status crash)
+      python="",  # interpreter inside the sandbox; "" = this one when the sandbox uid can run it
+      allow_weak_isolation=False,  # no namespaces on this machine: run anyway instead of refusing
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
 def model(**overrides) -> ml_collections.ConfigDict:
   """Every ModelConfig field, with defaults; architecture numbers come from `overrides`."""
   cfg = ml_collections.ConfigDict(dict(

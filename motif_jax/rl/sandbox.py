@@ -80,6 +80,11 @@ class SandboxConfig:
       if not getattr(self, name) > 0:
         raise ValueError(f"sandbox.{name}={getattr(self, name)!r} must be positive")
 
+  @classmethod
+  def from_config_dict(cls, config) -> "SandboxConfig":
+    from motif_jax import typed_config  # noqa: PLC0415 (keeps this module stdlib-only)
+    return typed_config.build(cls, config, "sandbox")
+
 
 # ---- code that runs inside the sandbox (python -I -S -c / python -I -c) -----------------------
 
