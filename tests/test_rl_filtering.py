@@ -59,7 +59,7 @@ def test_online_filter_counts_add_up_and_refills_to_a_full_batch():
   assert [g.prompt_id for g in batch] == [1, 3, 5] and [g.prompt_id for g in surplus] == [6]
   c = filt.counts
   assert c["finished"] == 7 == c["kept"] + c["dropped"] and c["dropped"] == 3
-  assert (c["dropped_all_pass"], c["dropped_all_fail"]) == (1, 2)  # the 0.5s group passes none: all-fail
+  assert (c["dropped_all_pass"], c["dropped_all_fail"]) == (1, 2)  # 0.5s: none passed
   m = filt.metrics()
   # Pass rate over the 21 samples of finished groups: 3 + 1 + 0 + 2 + 0 + 1 + 1 = 8.
   assert m["filter/pass_rate"] == pytest.approx(8 / 21)

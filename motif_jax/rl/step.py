@@ -168,6 +168,8 @@ def rl_updates(step_fn, state: TrainState, batch: dict, *, cfg: RLStepConfig,
   corrects the sampler/trainer mismatch and the staleness of replayed trajectories.
   """
   if cfg.rl.old_policy == "recompute":
+    if old_logprobs_fn is None:
+      raise ValueError("rl.old_policy='recompute' needs old_logprobs_fn (jit_old_logprobs)")
     old = old_logprobs_fn(state.params, batch)
   else:
     old = batch["behaviour_logprobs"]
