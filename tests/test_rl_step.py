@@ -17,6 +17,9 @@ from model_helpers import random_params, tiny_config
 from motif_jax import sharding as shd
 from motif_jax import trainer
 from motif_jax.rl.config import RLConfig
+from motif_jax.rl.objectives import ADVANTAGES
+from motif_jax.rl.packing import pack_trajectories
+from motif_jax.rl.replay import Trajectory
 from motif_jax.rl.step import RLStepConfig, jit_old_logprobs, jit_rl_step, rl_updates
 from motif_jax.train_state import init_train_state
 
@@ -114,12 +117,20 @@ def test_rollout_metrics_per_domain_hand_values(setup):
 
 
 def test_policy_gradient_step_moves_log_probs_the_advantage_way(setup):
-  """One prompt, 8 sampled completions (rows), on-policy: ratio and TIS weight exactly 1, no
-  clipping; after the step log π rises on positive-advantage tokens and falls on negative."""
+  """One prompt, 16 sampled completions scored 1/0, GRPO advantages, packed into rows; on
+  policy: ratio and TIS weight exactly 1, no clipping; after the step log π rises on
+  positive-advantage tokens and falls on negative ones."""
   model, params, sgd, steps = setup
-  batch = rl_batch(model, seed=1)
-  batch["tokens"][:, :3] = batch["tokens"][0, :3]  # the same prompt in every row
-  batch["targets"] = np.roll(batch["tokens"], -1, axis=1)
+  rng = np.random.default_rng(1)
+  prompt = rng.integers(0, model.vocab_size, 3).astype(np.int32)
+  rewards = np.tile([1.0, 0.0, 0.0, 1.0], 4)
+  adv = ADVANTAGES["grpo"](rewards, np.zeros(16), np.zeros(16), scale="group")
+  trajectories = [Trajectory(
+      prompt, rng.integers(0, model.vocab_size, 1 + i % 4).astype(np.int32),
+      np.zeros(1 + i % 4, np.float32), reward=rewards[i], advantage=float(adv[i]),
+      passed=bool(rewards[i]), truncated=False, prompt_id=0, domain=i % 2, version=0)
+      for i in range(16)]
+  batch = pack_trajectories(trajectories, rows=B, seq_len=T)
   logprobs = jit_old_logprobs(RLStepConfig(model, RL))
   current = np.asarray(logprobs(params, batch))
   on_policy = dict(batch, behaviour_logprobs=current, ref_logprobs=current)
