@@ -91,6 +91,7 @@ def model(**overrides) -> ml_collections.ConfigDict:
       init_std=0.02,  # std of normal weight init
       lambda_std=0.1,  # std of λ-vector init (diff, gda)
       scan_layers=True,  # lax.scan over stacked layers (False: unrolled, test oracle)
+      scan_unroll=1,  # layers per scan iteration; >= num_layers = straight-line code (CPU, small)
       remat="none",  # none | full | dots | attn_out | qkv_attn_out | offload (host)
       # attention core: xla (blockwise, O(seq) memory, any backend) | pallas (Triton kernels;
       # interpreted on CPU) | cudnn (GPU, bf16/fp16; segment ids as an O(seq^2) bias) |

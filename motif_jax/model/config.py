@@ -24,8 +24,8 @@ CONTEXT_PARALLEL_METHODS = ("allgather", "ring")
 DTYPES = ("float32", "bfloat16", "float16")
 # How the model runs, not what it computes: a checkpoint fits any setting of these, and saved
 # configs that predate one of them load with its default.
-RUNTIME_FIELDS = ("remat", "scan_layers", "attention_impl", "context_parallel", "dtype",
-                  "max_seq_len", "sharding")
+RUNTIME_FIELDS = ("remat", "scan_layers", "scan_unroll", "attention_impl", "context_parallel",
+                  "dtype", "max_seq_len", "sharding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,9 @@ class ModelConfig:
   init_std: float = 0.02
   lambda_std: float = 0.1
   scan_layers: bool = True
+  # Layers per scan iteration (lax.scan's unroll); >= num_layers runs the layers as straight-line
+  # code (fastest on CPU for small models; a rolled scan compiles once per layer shape).
+  scan_unroll: int = 1
   remat: str = "none"
   attention_impl: str = "xla"  # xla (blockwise, O(s)) | pallas | cudnn (GPU) | reference (dense)
   # sequence-sharded attention: ring (ppermute K/V blocks) | allgather (K/V gathered per layer)
@@ -63,7 +66,7 @@ class ModelConfig:
 
   def __post_init__(self):
     positive = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                "d_ff", "gda_ratio", "max_seq_len")
+                "d_ff", "gda_ratio", "max_seq_len", "scan_unroll")
     for name in positive:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:

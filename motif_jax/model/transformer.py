@@ -69,11 +69,14 @@ def apply_layers(x_btd: jax.Array, stacked: dict, cos_bth: jax.Array, sin_bth: j
     p, layer = layer_params_and_index
     return block(x_btd, p, layer, cos_bth, sin_bth, segment_ids_bt, cfg), None
 
+  unroll = min(cfg.scan_unroll, cfg.num_layers)
   if cfg.remat != "none":
-    body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    # Inside a rolled scan XLA cannot CSE the recomputation with the forward; unrolled it can.
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat],
+                          prevent_cse=not cfg.scan_layers or unroll > 1)
   layer_ids = jnp.arange(cfg.num_layers)
   if cfg.scan_layers:
-    x_btd, _ = jax.lax.scan(body, x_btd, (stacked, layer_ids))
+    x_btd, _ = jax.lax.scan(body, x_btd, (stacked, layer_ids), unroll=unroll)
     return x_btd
   for i in range(cfg.num_layers):
     x_btd, _ = body(x_btd, (jax.tree.map(lambda a: a[i], stacked), layer_ids[i]))
