@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = common.model(
       vocab_size=512, d_model=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
       d_ff=1024, attention="gqa", mlp="swiglu", rms_norm_eps=1e-5, tie_embeddings=False,
-      max_seq_len=256, dtype="float32")
+      max_seq_len=256, dtype="float32", scan_unroll=4)
   config.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-4, warmup_steps=0, decay_steps=1000, final_lr_ratio=1.0,
       weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0, muon_beta=0.95,

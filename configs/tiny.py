@@ -32,6 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       rope_theta=10_000.0,
       max_seq_len=1024,
       dtype="float32",
+      # All layers in one scan iteration (straight-line code): sft_step 17% faster than the rolled
+      # scan on 2 CPU cores at the side-by-side shape (bench_step, 0.82 -> 0.68 s); 4 layers
+      # compile quickly. Large models keep scan_unroll=1 (compile time).
+      scan_unroll=4,
   )
   config.mesh = common.mesh()
   if args.smoke:
