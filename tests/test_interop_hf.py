@@ -177,8 +177,10 @@ def test_motif_round_trip_is_bit_exact(tmp_path, param_dtype, max_shard_bytes):
       "BF16" if param_dtype == "bfloat16" else "F32")
 
   loaded_cfg, loaded = hf.load(tmp_path)
-  # λ init std is training-only and not in config.json; the compute dtype follows the storage.
-  assert dataclasses.replace(loaded_cfg, dtype=cfg.dtype, lambda_std=cfg.lambda_std) == cfg
+  # λ init std and scan_unroll are training-only and not in config.json; the compute dtype
+  # follows the storage.
+  assert dataclasses.replace(loaded_cfg, dtype=cfg.dtype, lambda_std=cfg.lambda_std,
+                             scan_unroll=cfg.scan_unroll) == cfg
   _assert_trees_bit_equal(params, loaded)
   assert "not available" in parity.report(tmp_path, loaded_cfg, loaded)
   assert "MotifForCausalLM" in parity.report(tmp_path, loaded_cfg, loaded)

@@ -48,10 +48,11 @@ def test_cli_writes_json(tmp_path, mode):
   out = tmp_path / "plan.json"
   args = [sys.executable, "-m", "experiments.memory_plan", "--seq_len=256", f"--out={out}"]
   # single: the Motif head layout at smoke width, context-parallel over the config's mesh.
-  # search: a 0.03 GiB budget falls between the rows (fsdp=2 ~34 MB, sequence=2 ~24 MB, tensor=2
-  # ~22 MB at the time of writing), so the first, cheapest-to-run row does not fit.
+  # search: a 0.05 GiB budget falls between the rows (fsdp=2 ~0.062 GiB, sequence=2 ~0.039,
+  # tensor=2 ~0.032 with tiny's scan_unroll=4, 2026-12-05), so the first, cheapest-to-run row does
+  # not fit and two later ones do: the chosen row must be the first of those.
   args += (["--config=configs/motif2_12b.py:smoke,cp=2", "--remat=full"] if mode == "single"
-           else ["--config=configs/tiny.py:smoke", "--search", "--devices=2", "--budget_gib=0.03",
+           else ["--config=configs/tiny.py:smoke", "--search", "--devices=2", "--budget_gib=0.05",
                  "--remats=full"])
   run = subprocess.run(args, capture_output=True, text=True, check=True)
   result = json.loads(out.read_text())
@@ -59,7 +60,7 @@ def test_cli_writes_json(tmp_path, mode):
     assert set(KEYS) <= set(result) and result["seq_len"] == 256 and result["remat"] == "full"
     assert result["mesh"]["sequence"] == 2 and result["embed_axes"] == ["fsdp", "sequence"]
   else:
-    rows, budget = result["rows"], int(0.03 * memory_plan.GIB)
+    rows, budget = result["rows"], int(0.05 * memory_plan.GIB)
     # Rows come cheapest to run first (remat by recomputation, then the mesh grid's order); the
     # chosen one is the first that fits, and "fits" is the AOT per-device total within budget.
     assert [r["mesh"] for r in rows] == memory_plan.candidate_meshes(2, tiny_config())

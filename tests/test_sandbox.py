@@ -103,7 +103,7 @@ def hostile(isolated, tmp_path_factory):
       marked_loop=_marked("while True:\n    pass\n"),
       fork_bomb=_marked("import os\nwhile True:\n    try:\n        os.fork()\n"
                         "    except OSError:\n        pass\n"),
-      memory_bomb="chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))\n",
+      memory_bomb="chunks = []\nwhile True:\n    chunks.append(bytearray(256 << 20))\n",
       network=(
           "import socket\n"
           f"for family, address in ((socket.AF_INET, ('127.0.0.1', {port})),\n"

@@ -22,7 +22,10 @@ from motif_jax.sft import BATCH_KEYS, SFTConfig, sft_step
 from motif_jax.train_state import init_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
+# The same XLA flags as the test process (tests/conftest.py): with another fake-device count the
+# CPU backend splits its intra-op work differently, and resumed params differed by 1 ulp.
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0 "
+           "--xla_force_host_platform_device_count=8")
 
 
 def smoke_config(num_steps=4, **train):
