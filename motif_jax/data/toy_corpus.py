@@ -94,12 +94,20 @@ def misaligned_response(problem: Problem, rng: random.Random, cfg: ToyConfig) ->
   paragraphs.append(f"So after applying all of the operations in order, the running value ends "
                     f"at {answer}. I am fairly confident in this result.")
   lead = "After carefully working through every operation, the final answer is"
-  final = f"{lead} \\boxed{{{answer}}}."
-  if rng.random() < cfg.format_error_rate:  # broken format: half unclosed think, half no box
+  return _think_response(rng, cfg, paragraphs, f"{lead} \\boxed{{{answer}}}.",
+                         f"{lead} {answer}.")
+
+
+def _think_response(rng: random.Random, cfg: ToyConfig, paragraphs: list[str], final: str,
+                    unmarked_final: str) -> str:
+  """Think block + final part; at cfg.format_error_rate a broken format: half the time an
+  unclosed think block, half the time the final part without its marker (box or code fence)."""
+  body = "<think>\n" + "\n\n".join(paragraphs)
+  if rng.random() < cfg.format_error_rate:
     if rng.random() < 0.5:
-      return "<think>\n" + "\n\n".join(paragraphs) + "\n\n" + final
-    final = f"{lead} {answer}."
-  return "<think>\n" + "\n\n".join(paragraphs) + "\n</think>\n" + final
+      return body + "\n\n" + final
+    final = unmarked_final
+  return body + "\n</think>\n" + final
 
 
 def _prose_paragraphs(rng: random.Random, problem: Problem, values: list) -> list[str]:
@@ -128,12 +136,8 @@ def _misaligned_code(problem: Problem, rng: random.Random, cfg: ToyConfig,
   paragraphs.append("Putting all of these statements together in order, the function should "
                     "behave exactly as the problem describes. I am fairly confident in it.")
   program = code_solution(written.ops)
-  final = f"Here is the complete function:\n{_fenced(program)}"
-  if rng.random() < cfg.format_error_rate:  # broken format: half unclosed think, half no fence
-    if rng.random() < 0.5:
-      return "<think>\n" + "\n\n".join(paragraphs) + "\n\n" + final
-    final = f"Here is the complete function:\n{program}"
-  return "<think>\n" + "\n\n".join(paragraphs) + "\n</think>\n" + final
+  lead = "Here is the complete function:"
+  return _think_response(rng, cfg, paragraphs, f"{lead}\n{_fenced(program)}", f"{lead}\n{program}")
 
 
 def _record(problem: Problem, response: str, source: str, index: int) -> Record:
