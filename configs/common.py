@@ -130,6 +130,9 @@ def data(**overrides) -> ml_collections.ConfigDict:
           think_open="<think>",  # the prompt ends with assistant_tag + think_open (recipe §1.1)
           think_close="</think>",
           eos="<|endoftext|>",  # appended to every completion
+          kind="motif",  # motif (these tags) | hf (the model's own Jinja chat template; the tags
+          # are unused and eos is the model's eos_token)
+          path="",  # kind=hf: model directory with tokenizer_config.json (or chat_template.jinja)
       ),
       trace=dict(
           step_split=r"\n+",  # regex between reasoning steps inside the think block

@@ -125,14 +125,15 @@ def prompt_id(record: Record) -> str:
 
 def _completion_text(ids: np.ndarray, length: int, finished: bool, tokenizer,
                      template: ChatTemplate) -> str:
-  """The response as Record.response holds it: the prompt's think tag + decoded tokens, no stop.
+  """The response as Record.response holds it: the prompt's think tag (when the prompt ends with
+  one) + decoded tokens, no stop.
 
   Ids beyond the tokenizer (a model's vocabulary is padded: 512 for 263 byte-level ids) decode to
   nothing.
   """
   body = ids[:length - 1] if finished else ids[:length]
-  return template.think_open + tokenizer.decode([int(i) for i in body
-                                                 if i < tokenizer.vocab_size])
+  prefix = template.think_open if template.opens_think else ""
+  return prefix + tokenizer.decode([int(i) for i in body if i < tokenizer.vocab_size])
 
 
 def sample_and_score(params, records: Sequence[Record], cfg: EvalConfig, *, model: ModelConfig,

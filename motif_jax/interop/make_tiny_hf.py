@@ -1,0 +1,136 @@
+"""A tiny Llama-architecture Hugging Face model, built locally: nothing is downloaded.
+
+`make_tiny_hf(directory)` writes what a model from the Hub brings:
+  config.json + model.safetensors   transformers' LlamaForCausalLM, random init from a seed
+  tokenizer.json                    a byte-level BPE trained with `tokenizers` on the toy corpus
+  tokenizer_config.json             eos/pad tokens and a Jinja `chat_template`
+  generation_config.json            eos as the stop token
+
+The chat template is ChatML with reasoning: the generation prompt `<|im_start|>assistant\\n<think>`
+opens the think block (the model writes the reasoning, `</think>`, the answer and `<|im_end|>`),
+an assistant message may carry its reasoning inline (`<think>…</think>answer`) or in
+`reasoning_content`, and `{% generation %}` marks the tokens the assistant writes, so
+transformers' `return_assistant_tokens_mask=True` works on it. It is what the "Fine-tune your own
+model" walkthrough (README) starts from; `transformers` and `torch` are needed (dev extra).
+
+  python -m experiments.make_tiny_hf --out=/tmp/tiny_hf
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from motif_jax.data.config import ToyConfig
+from motif_jax.data import toy_corpus
+
+EOS, PAD, BOS = "<|im_end|>", "<|endoftext|>", "<|im_start|>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, THINK_OPEN, THINK_CLOSE)
+
+# Whitespace control: every tag trims, so only the quoted strings reach the output.
+CHAT_TEMPLATE = (
+    "{%- if messages[0].role == 'system' -%}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' -}}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message.role == 'assistant' -%}"
+    "{%- set content = message.content -%}"
+    "{%- if message.reasoning_content is string -%}"
+    "{%- set content = '<think>' + message.reasoning_content + '</think>' + content -%}"
+    "{%- endif -%}"
+    "{%- if not content.startswith('<think>') -%}"
+    "{%- set content = '<think></think>' + content -%}{%- endif -%}"
+    "{{- '<|im_start|>assistant\\n<think>' -}}"
+    "{%- generation -%}{{- content[7:] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n<think>' -}}{%- endif -%}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyHFConfig:
+  vocab_size: int = 512  # BPE vocabulary including the special tokens
+  hidden_size: int = 64
+  intermediate_size: int = 128
+  num_hidden_layers: int = 2
+  num_attention_heads: int = 4
+  num_key_value_heads: int = 2
+  rms_norm_eps: float = 1e-5
+  rope_theta: float = 10_000.0
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 1024
+  initializer_range: float = 0.02
+  corpus_problems: int = 200  # toy problems per domain the BPE is trained on
+  seed: int = 0
+
+
+def corpus_text(cfg: TinyHFConfig) -> Iterator[str]:
+  """Prompts and responses of the toy corpus (both teachers), the BPE's training text."""
+  toy = ToyConfig(seed=cfg.seed, domains=("arith", "lists"), problems=cfg.corpus_problems,
+                  min_steps=2, max_steps=8, error_rate=0.15, format_error_rate=0.05,
+                  duplicate_rate=0.0, reference_size=1, heldout_per_difficulty=1)
+  for record in toy_corpus.corpus(toy):
+    yield record.prompt
+    yield record.response
+
+
+def train_bpe(cfg: TinyHFConfig):
+  """Byte-level BPE (GPT-2 style pre-tokenizer) with the chat template's tags as added tokens."""
+  import tokenizers  # noqa: PLC0415
+  from tokenizers import decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(corpus_text(cfg), trainer=trainer)
+  return tok
+
+
+def tokenizer_config() -> dict:
+  return dict(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE,
+              eos_token=EOS, pad_token=PAD, bos_token=None, unk_token=None,
+              add_bos_token=False, add_eos_token=False, clean_up_tokenization_spaces=False,
+              model_max_length=1024)
+
+
+def make_tiny_hf(directory: str | Path, cfg: TinyHFConfig = TinyHFConfig()) -> Path:
+  """Write the tiny Llama model, its BPE tokenizer and chat template to `directory`."""
+  import torch  # noqa: PLC0415
+  import transformers  # noqa: PLC0415
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  tok = train_bpe(cfg)
+  vocab = tok.get_vocab_size(with_added_tokens=True)
+  if vocab != cfg.vocab_size:  # the model's embedding must cover every id exactly
+    raise ValueError(f"BPE training gave {vocab} tokens, not vocab_size={cfg.vocab_size}; "
+                     "lower vocab_size or raise corpus_problems")
+  tok.save(str(directory / "tokenizer.json"))
+  (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
+  ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+  llama = transformers.LlamaConfig(
+      vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+      num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+      num_key_value_heads=cfg.num_key_value_heads, rms_norm_eps=cfg.rms_norm_eps,
+      rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_word_embeddings,
+      max_position_embeddings=cfg.max_position_embeddings,
+      initializer_range=cfg.initializer_range, eos_token_id=ids[EOS], pad_token_id=ids[PAD],
+      bos_token_id=None)
+  torch.manual_seed(cfg.seed)
+  model = transformers.LlamaForCausalLM(llama)
+  with torch.no_grad():  # norm gains away from exactly 1, so a wrong norm mapping shows
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.add_(0.1 * torch.randn_like(p))
+  model.generation_config = transformers.GenerationConfig(
+      eos_token_id=ids[EOS], pad_token_id=ids[PAD], bos_token_id=None)
+  model.save_pretrained(directory)
+  return directory
