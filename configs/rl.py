@@ -1,7 +1,7 @@
 """RL after SFT (recipe §5): DAPO-style objective, pass-rate band, replay, multi-task balancing.
 
   python -m experiments.rl --config=configs/rl.py:quickstart --workdir=/tmp/rl \
-      --config.rl.init_from=/tmp/sft   (the entry point comes with issue 18's experiment part)
+      --config.rl.init_from=/tmp/sft
 
 The `rl` section is the typed `motif_jax.rl.config.RLConfig`; its defaults are recipe §5.1's
 inferred design (none are from the paper): GRPO groups of 8, advantage r - mean(group) over std,
@@ -15,7 +15,7 @@ steps=N.
 
 import ml_collections
 
-from configs import common, motif2_12b, tiny
+from configs import common, motif2_12b, sft
 
 
 def rl_section() -> ml_collections.ConfigDict:
@@ -39,6 +39,7 @@ def rl_section() -> ml_collections.ConfigDict:
       pass_rate_high=0.9,
       pass_rate_ema=0.5,  # weight of the newest estimate in the per-prompt EMA
       offline_samples=8,  # samples per prompt for the offline pass-rate estimate before RL
+      offline_prompts=0,  # prompts per domain measured by the offline pass; 0 = no offline pass
       online_filter=True,  # drop groups whose rewards are all equal; refill from the queue
       replay_fraction=0.5,  # share of each batch's trajectories drawn from the replay buffer
       max_staleness=2,  # policy versions a replayed trajectory may lag; older ones dropped
@@ -47,17 +48,44 @@ def rl_section() -> ml_collections.ConfigDict:
       balance="fixed",  # fixed | reward (upweight low mean reward) | learnable (in-band share)
       domain_weights="",  # fixed weights, comma-separated per domain; "" = equal
       balance_floor=0.1,  # adaptive: every domain keeps at least this share
+      init_from="",  # SFT workdir (its final/) or params dir; "" = random init (tests, benches)
+  ))
+
+
+def rewards_section() -> ml_collections.ConfigDict:
+  """motif_jax.rl.rewards.RewardConfig; code runs in the sandbox with common.sandbox()'s limits."""
+  sandbox = common.sandbox()
+  return ml_collections.ConfigDict(dict(
+      terms=dict(  # domain -> "reward:weight,...": the first verifier term decides "passed"
+          arith="exact,format:0.1",
+          lists="exact,format:0.1",
+          code="code,format:0.1",
+          math="math,format:0.1,overlong:0.5",
+      ),
+      default_terms="exact,format:0.1",  # other domains; "" = an error
+      overlong_window=128,  # tokens before the budget where the overlong penalty ramps to -1
+      verifier_timeout_s=10.0,  # math-verify per answer (the worker is killed after it)
+      code_timeout_s=sandbox.timeout_s,  # sandbox deadline per program
+      code_memory_mb=sandbox.memory_mb,  # sandbox address-space limit
+      # no namespaces on this machine: run generated code with rlimits only instead of refusing
+      code_allow_weak_isolation=sandbox.allow_weak_isolation,
+      max_workers=4,  # concurrent slow verifications
   ))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, smoke=False, quickstart=False, motif=False, steps=0)
   config = ml_collections.ConfigDict()
-  small = args.smoke or args.quickstart
-  config.model = (motif2_12b if args.motif else tiny).get_config("smoke" if small else None).model
+  # Model and toy ladder of the SFT run RL starts from (same variant): init_from must match it.
+  sft_variant = "smoke" if args.smoke else "quickstart" if args.quickstart else (
+      "motif" if args.motif else "stage1")
+  sft_config = sft.get_config(sft_variant)
+  config.model = sft_config.model
+  config.data = sft_config.data  # tokenizer, template, toy ladder (prompts and held-out set)
   config.mesh = motif2_12b.get_config().mesh if args.motif else common.mesh()
   num_steps = ml_collections.FieldReference(args.steps or 200)
   config.rl = rl_section()
+  config.rewards = rewards_section()
   config.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-6 if args.motif else 1e-4,  # peak
       warmup_steps=5, decay_steps=num_steps, final_lr_ratio=1.0,  # constant after warmup
@@ -65,21 +93,41 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       muon_beta=0.95, muon_adam_lr_ratio=1.0))
   config.train = ml_collections.ConfigDict(dict(
       num_steps=num_steps,  # rollout batches
-      prompts_per_batch=32,  # prompts per rollout batch (x rl.group_size trajectories)
+      prompts_per_batch=16,  # prompts per rollout batch (x rl.group_size trajectories)
+      # Update batch: first-fit packed rows; 2 trajectories of the longest prompt + the full
+      # budget fit a row, so prompts_per_batch x group_size / 2 rows always suffice.
+      rows=64,
+      seq_len=1536,  # tokens per row
+      max_new_tokens=448,  # completion budget
+      max_refills=4,  # extra sampler calls per batch when the online filter drops groups
+      prompts="toy",  # toy = data.toy's training problems | JSONL/Parquet prompt records with
+      # prompt, domain and answer (math, toy) or tests (code)
       num_microbatches=1,
       seed=0,
+      log_every=1,  # rollout batches
+      eval_every=0,  # rollout batches; 0 = at the end only
+      eval_problems=2,  # held-out problems per domain and difficulty (greedy accuracy); 0 = off
+      eval_max_new_tokens=448,
+      max_bad_steps=10,  # consecutive non-finite steps before stopping
       loss_impl="xla",  # fused log-prob kernel: xla | pallas | reference
   ))
   config.ckpt = ml_collections.ConfigDict(dict(every=50, keep=3, async_save=True))
   if args.motif:
     config.rl.domains = "math,code"
-    config.train.update(dict(prompts_per_batch=256, num_microbatches=16, loss_impl="pallas"))
+    config.train.update(dict(prompts_per_batch=256, rows=1024, seq_len=65536,
+                             max_new_tokens=32768, eval_max_new_tokens=32768,
+                             prompts="", eval_problems=0, num_microbatches=16,
+                             loss_impl="pallas"))  # prompts: pass your math/code records
   if args.quickstart:
-    config.train.prompts_per_batch = 16
-    num_steps.set(args.steps or 40)
+    config.train.update(dict(prompts_per_batch=8, rows=32, seq_len=1024, max_new_tokens=256,
+                             eval_problems=4, eval_max_new_tokens=256, log_every=1))
+    num_steps.set(args.steps or 20)
+    config.ckpt.every = 10
   if args.smoke:
-    config.rl.update(dict(group_size=4, replay_capacity=64))
-    config.train.prompts_per_batch = 2
+    config.rl.update(dict(group_size=4, replay_capacity=64, offline_samples=4,
+                          offline_prompts=1))
+    config.train.update(dict(prompts_per_batch=2, rows=4, seq_len=512, max_new_tokens=8,
+                             eval_problems=1, eval_max_new_tokens=8, max_refills=1))
     num_steps.set(args.steps or 2)
     config.ckpt.every = 1
   return config

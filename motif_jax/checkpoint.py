@@ -9,6 +9,7 @@ Restores go straight into the target sharding (no host copy of the full tree).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, SingleDeviceSharding
@@ -106,11 +108,25 @@ def restore_params(directory: str | Path, *, mesh: Mesh | None = None) -> tuple[
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+HOST_ITEM = "host"  # JSON host-side loop state (RL: queue, replay buffer, statistics)
+
+
+def arrays_to_json(arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+  """numpy arrays as JSON values, bit-exact: dtype, shape and the raw bytes in base64."""
+  return {k: {"dtype": np.asarray(v).dtype.str, "shape": list(np.shape(v)),
+              "data": base64.b64encode(np.ascontiguousarray(v).tobytes()).decode("ascii")}
+          for k, v in arrays.items()}
+
+
+def arrays_from_json(encoded: dict[str, dict]) -> dict[str, np.ndarray]:
+  return {k: np.frombuffer(base64.b64decode(v["data"]), np.dtype(v["dtype"])).reshape(v["shape"])
+          .copy() for k, v in encoded.items()}
 
 
 class TrainCheckpointer:
-  """Orbax CheckpointManager for a workdir: TrainState (async) and the data iterator state
-  saved under one step, keep-N, resume from the latest complete step.
+  """Orbax CheckpointManager for a workdir: TrainState (async), the data iterator state and/or a
+  JSON item of host-side loop state saved under one step, keep-N, resume from the latest
+  complete step.
 
   The iterator state goes through Grain's own Orbax handler: one JSON file per process
   (`data/process_<i>-of-<n>.json`), since each process reads its own slice of the data. A run
@@ -129,7 +145,8 @@ class TrainCheckpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(),
-                       DATA_ITEM: grain.checkpoint.CheckpointHandler()})
+                       DATA_ITEM: grain.checkpoint.CheckpointHandler(),
+                       HOST_ITEM: ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -137,21 +154,30 @@ class TrainCheckpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_iterator: Any) -> None:
+  def save(self, step: int, state: Any, data_iterator: Any = None, *,
+           host: dict | None = None) -> None:
     """Start saving (returns once arrays are copied off the devices when async); the iterator's
-    state is taken now."""
-    self._manager.save(step, args=ocp.args.Composite(
-        **{STATE_ITEM: ocp.args.StandardSave(state),
-           DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator)}))
+    state and `host` (a JSON-able dict) are taken now."""
+    items = {STATE_ITEM: ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
+    if host is not None:
+      items[HOST_ITEM] = ocp.args.JsonSave(host)
+    self._manager.save(step, args=ocp.args.Composite(**items))
 
-  def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
     """The state, with `data_iterator` moved to the saved position; `abstract_state` holds
     ShapeDtypeStructs with the target shardings, so a checkpoint saved on one mesh restores onto
     another."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        **{STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-           DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iterator)}))
-    return restored[STATE_ITEM]
+    items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE_ITEM]
+
+  def restore_host(self, step: int) -> dict:
+    """The host item saved with `save(..., host=...)` at `step`."""
+    return self._manager.restore(step, args=ocp.args.Composite(
+        **{HOST_ITEM: ocp.args.JsonRestore()}))[HOST_ITEM]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -37,6 +37,7 @@ class RLConfig:
   pass_rate_high: float
   pass_rate_ema: float
   offline_samples: int
+  offline_prompts: int
   online_filter: bool
   replay_fraction: float
   max_staleness: int
@@ -45,6 +46,7 @@ class RLConfig:
   balance: str
   domain_weights: str
   balance_floor: float
+  init_from: str
 
   def __post_init__(self):
     choices = dict(advantage=ADVANTAGES, advantage_scale=ADVANTAGE_SCALES, loss_level=LEVELS,
@@ -55,7 +57,8 @@ class RLConfig:
     for name in ("group_size", "updates_per_rollout", "offline_samples", "replay_capacity"):
       if getattr(self, name) < 1:
         raise ValueError(f"rl.{name}={getattr(self, name)!r} must be >= 1")
-    for name in ("eps_low", "eps_high", "kl_coef", "entropy_coef", "max_staleness"):
+    for name in ("eps_low", "eps_high", "kl_coef", "entropy_coef", "max_staleness",
+                 "offline_prompts"):
       if getattr(self, name) < 0:
         raise ValueError(f"rl.{name}={getattr(self, name)!r} must be >= 0")
     if not self.eps_low < 1:
