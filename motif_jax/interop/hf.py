@@ -34,7 +34,8 @@ Params = dict[str, Any]
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
-                   "added_tokens.json")
+                   "added_tokens.json",
+                   "generation_config.json")  # not a tokenizer file, but its stop ids travel too
 
 
 def _get_path(tree: Mapping, path: tuple[str, ...]) -> Any:
@@ -263,10 +264,40 @@ def import_checkpoint(hf_dir: str | Path, workdir: str | Path, *,
   return cfg, params
 
 
+def _params_dir(workdir: Path) -> Path:
+  """A params directory, or a training run's workdir (its final/ params)."""
+  final = workdir / "final"
+  return final if (final / checkpoint.CONFIG_FILE).exists() else workdir
+
+
+def tokenizer_source(workdir: str | Path) -> Path | None:
+  """Where a workdir's tokenizer files are: the workdir itself (an import), else the directory
+  the run's config.json trained with (data.template.path for kind=hf, else data.tokenizer's)."""
+  workdir = Path(workdir)
+  if any((workdir / name).is_file() for name in TOKENIZER_FILES):
+    return workdir
+  for run_dir in (workdir, workdir.parent):  # a run workdir, or its final/
+    if (run_dir / "config.json").exists():
+      data = json.loads((run_dir / "config.json").read_text()).get("data")
+      if not isinstance(data, dict):
+        continue
+      template = data.get("template") or {}
+      if template.get("kind") == "hf" and template.get("path"):
+        return Path(template["path"])
+      if data.get("tokenizer"):
+        return Path(data["tokenizer"]).parent
+  return None
+
+
 def export_checkpoint(workdir: str | Path, hf_dir: str | Path, *, mesh: Mesh | None = None,
-                      max_shard_bytes: int = 5 * 2**30) -> tuple[ModelConfig, Params]:
-  """`<workdir>` Orbax params -> HF directory (config, safetensors, tokenizer files)."""
-  cfg, params = checkpoint.restore_params(workdir, mesh=mesh)
+                      max_shard_bytes: int = 5 * 2**30,
+                      tokenizer_from: str | Path | None = None) -> tuple[ModelConfig, Params]:
+  """`<workdir>` Orbax params (or a training run's final/) -> HF directory (config, safetensors,
+  and the tokenizer files of `tokenizer_from`, default `tokenizer_source(workdir)`)."""
+  workdir = Path(workdir)
+  cfg, params = checkpoint.restore_params(_params_dir(workdir), mesh=mesh)
   save(hf_dir, cfg, params, max_shard_bytes=max_shard_bytes)
-  copy_tokenizer_files(workdir, hf_dir)
+  source = tokenizer_from or tokenizer_source(workdir)
+  if source is not None:
+    copy_tokenizer_files(source, hf_dir)
   return cfg, params

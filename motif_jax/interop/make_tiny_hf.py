@@ -13,7 +13,13 @@ an assistant message may carry its reasoning inline (`<think>…</think>answer`)
 transformers' `return_assistant_tokens_mask=True` works on it. It is what the "Fine-tune your own
 model" walkthrough (README) starts from; `transformers` and `torch` are needed (dev extra).
 
-  python -m experiments.make_tiny_hf --out=/tmp/tiny_hf
+`write_toy_data(directory)` writes stand-ins for a user's own data, from the toy arithmetic task:
+  train.jsonl    SFT records in the chat `messages` format (user turn, assistant turn with the
+                 reasoning in `<think>…</think>` before the boxed answer) plus `answer`
+  prompts.jsonl  RL prompts: `prompt`, `answer`, `domain` (fresh problems)
+  test.jsonl     held-out evaluation prompts, same fields
+
+  python -m experiments.make_tiny_hf --out=/tmp/own/hf --data=/tmp/own
 """
 
 from __future__ import annotations
@@ -71,11 +77,17 @@ class TinyHFConfig:
   seed: int = 0
 
 
+def _toy_config(seed: int, problems: int, max_steps: int = 8,
+                heldout_per_difficulty: int = 1) -> ToyConfig:
+  return ToyConfig(seed=seed, domains=("arith", "lists"), problems=problems, min_steps=2,
+                   max_steps=max_steps, error_rate=0.15, format_error_rate=0.05,
+                   duplicate_rate=0.0, reference_size=1,
+                   heldout_per_difficulty=heldout_per_difficulty)
+
+
 def corpus_text(cfg: TinyHFConfig) -> Iterator[str]:
   """Prompts and responses of the toy corpus (both teachers), the BPE's training text."""
-  toy = ToyConfig(seed=cfg.seed, domains=("arith", "lists"), problems=cfg.corpus_problems,
-                  min_steps=2, max_steps=8, error_rate=0.15, format_error_rate=0.05,
-                  duplicate_rate=0.0, reference_size=1, heldout_per_difficulty=1)
+  toy = _toy_config(cfg.seed, cfg.corpus_problems)
   for record in toy_corpus.corpus(toy):
     yield record.prompt
     yield record.response
@@ -134,3 +146,24 @@ def make_tiny_hf(directory: str | Path, cfg: TinyHFConfig = TinyHFConfig()) -> P
       eos_token_id=ids[EOS], pad_token_id=ids[PAD], bos_token_id=None)
   model.save_pretrained(directory)
   return directory
+
+
+def write_toy_data(directory: str | Path, *, problems: int = 200, max_steps: int = 4,
+                   test_per_difficulty: int = 4, seed: int = 1) -> dict[str, Path]:
+  """train.jsonl (messages), prompts.jsonl and test.jsonl (prompt + answer) under `directory`."""
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  toy = _toy_config(seed, problems, max_steps, test_per_difficulty)
+  train = [dict(messages=[dict(role="user", content=r.prompt),
+                          dict(role="assistant", content=r.response)],
+                answer=r.answer, domain=r.domain)
+           for r in toy_corpus.corpus(toy, (toy_corpus.ALIGNED,))]
+  prompts = [dict(prompt=p.prompt, answer=p.answer, domain=p.domain)
+             for p in toy_corpus.problems(toy, "rl", max(problems // 4, 1))]
+  test = [dict(prompt=p.prompt, answer=p.answer, domain=p.domain,
+               difficulty=p.difficulty) for p in toy_corpus.heldout(toy)]
+  paths = {}
+  for name, rows in (("train", train), ("prompts", prompts), ("test", test)):
+    paths[name] = directory / f"{name}.jsonl"
+    paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
+  return paths
