@@ -140,7 +140,7 @@ def sample_and_score(params, records: Sequence[Record], cfg: EvalConfig, *, mode
                      tokenizer, template: ChatTemplate, scorer: rewards.Scorer,
                      key: jax.Array) -> list[dict[str, Any]]:
   """`cfg.num_samples` completions of each record's prompt, scored: one row per completion."""
-  prompts = [tokenizer.encode(template.prompt(r.prompt)) for r in records]
+  prompts = [tokenizer.encode(template.record_prompt(r)) for r in records]
   stop = [i for i in (tokenizer.token_id(template.eos),) if i is not None]
   out = sampling.sample(params, prompts, model, num_samples=cfg.num_samples,
                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,

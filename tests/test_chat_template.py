@@ -7,6 +7,7 @@ the template re-renders the reasoning with its own newlines) and a Llama-3-style
 header tags, `<|eot_id|>` as eos).
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -94,11 +95,17 @@ def _oracle(directory, record: Record, system: str) -> tuple[list[int], list[int
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
-@pytest.mark.parametrize("system", ["", "You are a careful solver."])
-def test_loss_mask_is_transformers_assistant_mask(model_dirs, name, system):
-  template = ChatTemplate(kind="hf", path=str(model_dirs[name]), system=system)
+@pytest.mark.parametrize("system_from", ["none", "template", "record"])
+def test_loss_mask_is_transformers_assistant_mask(model_dirs, name, system_from):
+  """The system turn comes from data.template.system or from the record's own (chat messages
+  keep it in meta["system"]); the record's wins."""
+  system = "" if system_from == "none" else "You are a careful solver."
+  template = ChatTemplate(kind="hf", path=str(model_dirs[name]),
+                          system="Ignored." if system_from == "record" else system)
   tokenizer = HFTokenizer(str(model_dirs[name] / "tokenizer.json"))
   for record in RECORDS:
+    if system_from == "record":
+      record = dataclasses.replace(record, meta={"system": system})
     example = packing.tokenize_example(record, tokenizer, template)
     ids = np.concatenate([example["tokens"][:1], example["targets"]])
     ours_mask = np.concatenate([[0], example["loss_mask"]])
@@ -147,6 +154,8 @@ def test_motif_template_is_unchanged():
   assert template.kind == "motif" and template.opens_think
   assert template.prompt("hi") == "<|user|>hi<|assistant|><think>"
   assert template.completion("<think>a</think>b") == "a</think>b<|endoftext|>"
+  record = dataclasses.replace(RECORDS[0], prompt="hi", meta={"system": "S"})
+  assert template.record_prompt(record) == "<|system|>S<|user|>hi<|assistant|><think>"
 
 
 def test_data_config_builds_the_hf_template(model_dirs):

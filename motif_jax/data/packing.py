@@ -26,7 +26,7 @@ ROW_KEYS = ("tokens", "targets", "segment_ids", "positions", "loss_mask")
 
 def tokenize_example(record: Record, tokenizer: Tokenizer,
                      template: ChatTemplate) -> dict[str, np.ndarray]:
-  prompt_ids = tokenizer.encode(template.prompt(record.prompt))
+  prompt_ids = tokenizer.encode(template.record_prompt(record))
   completion_ids = tokenizer.encode(template.completion(record.response))
   ids = np.asarray(prompt_ids + completion_ids, np.int32)
   is_completion = np.arange(len(ids)) >= len(prompt_ids)

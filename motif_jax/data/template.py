@@ -59,13 +59,19 @@ class ChatTemplate:
     """Whether the prompt ends with think_open (so a completion starts inside the think block)."""
     return self.kind == "motif" or self.prompt("").endswith(self.think_open)
 
-  def prompt(self, user_text: str) -> str:
+  def prompt(self, user_text: str, system: str | None = None) -> str:
     """The model input before the completion; ends with assistant_tag + think_open (motif) or
-    the chat template's generation prompt (hf)."""
+    the chat template's generation prompt (hf). `system` (None = `self.system`; "" = none)."""
+    system = self.system if system is None else system
     if self.kind == "hf":
-      return chat_template.prompt(self.hf_chat, self.system, user_text)
-    system = f"{self.system_tag}{self.system}" if self.system else ""
+      return chat_template.prompt(self.hf_chat, system, user_text)
+    system = f"{self.system_tag}{system}" if system else ""
     return f"{system}{self.user_tag}{user_text}{self.assistant_tag}{self.think_open}"
+
+  def record_prompt(self, record) -> str:
+    """`prompt` of a Record, with its own system turn (`meta["system"]`, from chat messages) in
+    place of `self.system` when it has one."""
+    return self.prompt(record.prompt, record.meta.get("system") or None)
 
   def completion(self, response: str) -> str:
     """What the model is trained to write: the response without its opening think tag, + eos
