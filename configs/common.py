@@ -120,6 +120,22 @@ def data(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       inputs="toy",  # comma-separated JSONL/Parquet/ArrayRecord paths or globs; toy = generated
       # toy corpus (both teachers), toy:aligned / toy:misaligned = one teacher only
+      # Record format of every item (motif_jax/data/formats.py): auto (detected per item) |
+      # record (flat fields below) | messages (chat turns) | prompt_completion (TRL)
+      format="auto",
+      fields=dict(  # input field names, e.g. fields.prompt=problem, fields.response=solution
+          prompt="prompt",
+          response="response",
+          answer="answer",
+          tests="tests",  # code records: unit tests (string or list of strings)
+          domain="domain",
+          source="source",
+          messages="messages",  # [{role: system|user|assistant, content}, ...]
+          completion="completion",
+          reasoning="reasoning_content,reasoning",  # tried in order: becomes the think block
+      ),
+      default_domain="",  # domain of items without one; "" = the input file name's stem
+      default_source="",  # source of items without one; "" = the input file name's stem
       reference="toy",  # target-model reference sample (same formats); "toy" = toy target sample
       tokenizer="",  # "" = byte-level (no files); else path to a Hugging Face tokenizer.json
       template=dict(

@@ -15,6 +15,7 @@ import jax
 from absl import app, flags
 
 from motif_jax.bench import sampler
+from motif_jax.launch import distributed
 
 _OUT = flags.DEFINE_string("out", None, "JSON output path.", required=True)
 _PARTS = flags.DEFINE_list("parts", ["llama", "rl"], "Which shapes: llama (a), rl (b).")
@@ -24,6 +25,7 @@ _WARM = flags.DEFINE_integer("warm_calls", 3, "Warm calls per round for (a).")
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   result = {"backend": jax.default_backend(), "devices": len(jax.devices()),
             "load_before": sampler.load()}
   if "llama" in _PARTS.value:

@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from motif_jax.bench import step
+from motif_jax.launch import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_step.py",
                                           "Config file[:preset].")
@@ -24,6 +25,7 @@ _STEP = flags.DEFINE_string("step", "sft", f"Which step to time: {sorted(step.ST
 
 def main(argv):
   del argv
+  distributed.initialize()  # joins a multi-host run when launched with a coordinator
   try:
     result = step.run(_CONFIG.value, step=_STEP.value)
   except ValueError as e:  # config errors name the field

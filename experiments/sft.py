@@ -25,7 +25,7 @@ def main(argv):
   distributed.initialize()  # multi-host: --coordinator_address, JAX_* variables or Slurm
   try:
     summary = trainer.train(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:  # config errors name the field
+  except (ValueError, FileNotFoundError) as e:  # config and input errors name the field/file
     raise SystemExit(f"error: {e}") from None
   if not distributed.is_primary():
     return

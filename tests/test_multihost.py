@@ -1,7 +1,8 @@
 """Multi-host SFT: several local processes joined by jax.distributed (gloo CPU collectives) train
 like one process with all the devices, when that process is given the same global batches.
 
-Each process of a multi-host run reads only its slice of the records (`records[i::n]`), so the
+Each process of a multi-host run reads only its slice of the records (items `i::n`; from a file
+with `filter_on_load=False` it parses only those, see tests/test_data_sources.py), so the
 single-process reference assembles the same global batch from the per-process pipelines
 (process 0's rows first: with the mesh's device order, process 0's devices hold the first
 half of the batch axis).
@@ -21,7 +22,8 @@ from grain import experimental as grain_exp
 
 from configs import sft as sft_config
 from motif_jax import checkpoint, trainer
-from motif_jax.data import pipeline
+from motif_jax.data import pipeline, sources, toy_corpus
+from motif_jax.data.config import DataConfig
 from motif_jax.launch import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,14 +122,23 @@ def test_resolve_precedence_flags_env_slurm():
     distributed.resolve(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
 
 
+def _jsonl_inputs(tmp_path: Path) -> dict:
+  """The smoke config's aligned toy records as a JSONL file, read lazily per process."""
+  toy = DataConfig.from_config_dict(sft_config.get_config("smoke").data).toy
+  path = tmp_path / "records.jsonl"
+  sources.write_records(str(path), toy_corpus.corpus(toy, (toy_corpus.ALIGNED,)))
+  return {"data.inputs": str(path), "data.filter_on_load": False}
+
+
 def test_two_processes_one_step_match_one_process(tmp_path, monkeypatch):
-  """2 processes x 2 devices, 1 step, against one process on 4 devices with the same batch.
+  """2 processes x 2 devices, 1 step, against one process on 4 devices with the same batch;
+  the records come from a JSONL file of which each process parses only its own slice.
 
   The loss must agree to float32 rounding: the gradient all-reduce runs through gloo in the
   2-process run and through XLA's in-process CPU collectives in the reference, whose summation
   order may differ in the last bits.
   """
-  overrides = _overrides(1, dict(data=2, fsdp=2))
+  overrides = {**_overrides(1, dict(data=2, fsdp=2)), **_jsonl_inputs(tmp_path)}
   _launch(tmp_path / "multi", processes=2, devices=2, overrides=overrides)
   multi = tmp_path / "multi"
   assert [s for s, _ in _losses(multi)] == [1]  # written once, by process 0

@@ -17,6 +17,8 @@ from motif_jax.data.template import ChatTemplate
 from motif_jax.data.toy_problems import DOMAINS
 
 VERIFY_METHODS = ("exact", "math_verify", "tests")
+# Input record formats (motif_jax.data.formats); "auto" detects the format of every item.
+RECORD_FORMATS = ("auto", "record", "messages", "prompt_completion")
 FILTER_NAMES = ("format", "verify", "verbosity", "granularity", "style", "dedup")
 
 
@@ -185,10 +187,36 @@ class ToyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FieldsConfig:
+  """The input field that holds each part of a record (`data.fields.prompt=problem`, ...)."""
+
+  prompt: str  # user text (record format), or the prompt (prompt_completion)
+  response: str  # think block + final answer (record format)
+  answer: str  # reference final answer
+  tests: str  # unit tests of code records (a string or a list of strings)
+  domain: str
+  source: str
+  messages: str  # the chat turns (messages format)
+  completion: str  # the completion (prompt_completion format)
+  reasoning: tuple[str, ...]  # fields tried in order for a separate think block, e.g.
+  # "reasoning_content,reasoning" (on the assistant turn, or top-level); () = none
+
+  def __post_init__(self):
+    object.__setattr__(self, "reasoning", _split(self.reasoning))
+    for field in dataclasses.fields(self):
+      if field.name != "reasoning" and not getattr(self, field.name):
+        _fail(f"data.fields.{field.name}", "must name an input field")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Everything the data stage needs; see configs/common.py for the meaning of each field."""
 
   inputs: tuple[str, ...]  # paths, globs, or toy[:aligned|:misaligned]
+  format: str  # one of RECORD_FORMATS
+  fields: FieldsConfig
+  default_domain: str  # for items without a domain; "" = the file name's stem
+  default_source: str  # for items without a source; "" = the file name's stem
   reference: tuple[str, ...]  # target-model reference sample; () = no style filter possible
   tokenizer: str  # "" = byte-level
   template: ChatTemplate
@@ -211,6 +239,8 @@ class DataConfig:
     object.__setattr__(self, "reference", _split(self.reference))
     if not self.inputs:
       _fail("data.inputs", "must name at least one file, glob or 'toy'")
+    if self.format not in RECORD_FORMATS:
+      _fail(f"data.format={self.format!r}", f"must be one of {RECORD_FORMATS}")
     _positive(self, "data", "seq_len", "global_batch_size", "packing_bins", "worker_buffer",
               "prefetch")
     for name in ("num_epochs", "workers"):

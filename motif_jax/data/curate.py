@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import grain
 
-from motif_jax.data import sources, toy_corpus
+from motif_jax.data import formats, sources, toy_corpus
 from motif_jax.data.config import DataConfig, ToyConfig
 from motif_jax.data.filters import CountedFilter, make_filters
 from motif_jax.data.records import ParseCounts, Record
@@ -41,9 +41,11 @@ class Curation:
   profile: StyleProfile | None
 
 
-def load_inputs(specs: Sequence[str],
-                toy: ToyConfig) -> tuple[list[Record], dict[str, ParseCounts]]:
-  """Records from files/globs and toy corpora, in the order given, with per-file parse counts."""
+def load_inputs(specs: Sequence[str], toy: ToyConfig,
+                read_spec: formats.ReadSpec = formats.NATIVE
+                ) -> tuple[list[Record], dict[str, ParseCounts]]:
+  """Records from files/globs (items read by `read_spec`) and toy corpora, in the order given,
+  with per-file parse counts."""
   records, counts = [], {}
   for spec in specs:
     if spec in TOY_INPUTS:
@@ -51,16 +53,18 @@ def load_inputs(specs: Sequence[str],
       records.extend(generated)
       counts[spec] = ParseCounts(valid=len(generated))
     else:
-      file_records, file_counts = sources.read_records([spec])
+      file_records, file_counts = sources.read_records([spec], read_spec)
       records.extend(file_records)
       counts.update(file_counts)
   return records, counts
 
 
-def load_reference(specs: Sequence[str], toy: ToyConfig) -> list[Record]:
+def load_reference(specs: Sequence[str], toy: ToyConfig,
+                   read_spec: formats.ReadSpec = formats.NATIVE) -> list[Record]:
   out = []
   for spec in specs:
-    out.extend(toy_corpus.reference(toy) if spec == "toy" else sources.read_records([spec])[0])
+    out.extend(toy_corpus.reference(toy) if spec == "toy"
+               else sources.read_records([spec], read_spec)[0])
   return out
 
 
@@ -105,11 +109,13 @@ def _nll_scorer(cfg: DataConfig, tokenizer: Tokenizer):
 def curate(cfg: DataConfig) -> Curation:
   """Load `cfg.inputs`, measure the reference profile, filter, and report what happened."""
   tokenizer = make_tokenizer(cfg)
-  records, parse_counts = load_inputs(cfg.inputs, cfg.toy)
+  read_spec = formats.read_spec(cfg)
+  records, parse_counts = load_inputs(cfg.inputs, cfg.toy, read_spec)
   nll_scorer = _nll_scorer(cfg, tokenizer)
   profile = None
   if cfg.reference and "style" in cfg.filters.order:
-    reference = score_all(load_reference(cfg.reference, cfg.toy), cfg, tokenizer, nll_scorer)
+    reference = score_all(load_reference(cfg.reference, cfg.toy, read_spec), cfg, tokenizer,
+                          nll_scorer)
     profile = measure_profile(reference)
   items = score_all(records, cfg, tokenizer, nll_scorer)
   filters = make_filters(cfg.filters, profile)

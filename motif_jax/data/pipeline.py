@@ -16,13 +16,19 @@ What a trainer uses:
 `loss_mask` is 1 exactly where `targets` is a completion token (see `packing.py`); attention must
 stay within `segment_ids`, and `positions` restart at every segment.
 
-With `filter_on_load`, every process runs the (deterministic) curation itself; for large inputs
-run `experiments.filter_data` once and point `data.inputs` at its kept.jsonl instead, with
+With `filter_on_load`, every process reads and parses all records and runs the (deterministic)
+curation itself (dedup and the style profile need them all); for large inputs run
+`experiments.filter_data` once and point `data.inputs` at its kept.jsonl instead, with
 `filter_on_load=False`.
 
-Sharding of the data: each process reads `records[process_index::process_count]`, shuffles its
-shard (reshuffled every epoch), packs it and batches `global_batch_size / process_count` rows, so
-processes never see the same record and `make_global_batch` assembles their slices. Batches are
+Sharding of the data: the inputs are one indexed sequence of items (`process_inputs`: files are
+indexed without parsing, `sources.lazy_records`; toy corpora are generated); each process takes
+items `process_index::process_count`, shuffles its shard (reshuffled every epoch), packs it and
+batches `global_batch_size / process_count` rows, so processes never see the same record and
+`make_global_batch` assembles their slices. With `filter_on_load=False` a process parses only
+the items of its own shard, when it reaches them (an invalid item is skipped there; run
+`experiments.filter_data` to have them counted). The Grain iterator state is per process
+(`it.get_state()`), checkpointed by each process beside the train state. Batches are
 deterministic for a given config, process count and worker count (Grain workers each pack a slice
 of the shard, so changing `workers` changes the packing, and a saved state needs the same count).
 """
@@ -38,7 +44,7 @@ import numpy as np
 from absl import flags
 from grain import experimental as grain_exp
 
-from motif_jax.data import curate
+from motif_jax.data import curate, formats, sources, toy_corpus
 from motif_jax.data.config import DataConfig
 from motif_jax.data.packing import TokenizeExample, pack
 from motif_jax.data.records import Record
@@ -46,20 +52,26 @@ from motif_jax.data.template import ChatTemplate
 from motif_jax.data.tokenizer import Tokenizer
 
 
-def build_sft_dataset(records: Sequence[Record], *, tokenizer: Tokenizer, template: ChatTemplate,
+def build_sft_dataset(records: Sequence[Record] | grain.MapDataset, *, tokenizer: Tokenizer, template: ChatTemplate,
                       seq_len: int, global_batch_size: int, seed: int, shuffle: bool,
                       num_epochs: int, packing_bins: int, process_index: int, process_count: int,
                       workers: int, worker_buffer: int, prefetch: int) -> grain.IterDataset:
-  """Packed batches of this process's slice of the global batch (see the module docstring)."""
+  """Packed batches of this process's slice of the global batch (see the module docstring).
+
+  `records` is every process's records: a list, or a MapDataset whose items are parsed on access
+  (None = an invalid item, skipped), of which this process only touches its own shard.
+  """
   if global_batch_size % process_count:
     raise ValueError(f"data.global_batch_size={global_batch_size} must be a multiple of the "
                      f"process count {process_count}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"{process_index=} must be in [0, {process_count=})")
-  shard = grain.MapDataset.source(list(records))[process_index::process_count]
-  if len(shard) == 0:
-    raise ValueError(f"process {process_index} of {process_count} has no records "
-                     f"({len(records)} in all)")
+  if not isinstance(records, grain.MapDataset):
+    records = grain.MapDataset.source(list(records))
+  shard = records[process_index::process_count]
+  if not any(shard[i] is not None for i in range(len(shard))):  # stops at the first valid one
+    raise ValueError(f"process {process_index} of {process_count} has no valid record "
+                     f"({len(shard)} items in its shard, {len(records)} in all)")
   if shuffle:
     shard = shard.shuffle(seed=seed)  # a new permutation every epoch
   shard = shard.repeat(num_epochs or None)
@@ -80,12 +92,25 @@ def _allow_unparsed_flags() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def load_sft_records(cfg: DataConfig) -> tuple[list[Record], curate.Curation | None]:
-  """`cfg.inputs`, curated by the filters first when `cfg.filter_on_load`."""
+def process_inputs(cfg: DataConfig) -> grain.MapDataset:
+  """`cfg.inputs` as one indexed dataset whose file items are parsed only when accessed."""
+  spec, parts = formats.read_spec(cfg), []
+  for name in cfg.inputs:
+    if name in curate.TOY_INPUTS:
+      parts.append(grain.MapDataset.source(toy_corpus.corpus(cfg.toy, curate.TOY_INPUTS[name])))
+    else:
+      parts.extend(sources.lazy_records(path, spec) for path in sources.expand_paths([name]))
+  return grain.MapDataset.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def load_sft_records(cfg: DataConfig
+                     ) -> tuple[Sequence[Record] | grain.MapDataset, curate.Curation | None]:
+  """`cfg.inputs`: all of them read and curated by the filters when `cfg.filter_on_load`, else
+  indexed for per-process parsing (`process_inputs`)."""
   if cfg.filter_on_load:
     curation = curate.curate(cfg)
     return [item.record for item in curation.kept], curation
-  return curate.load_inputs(cfg.inputs, cfg.toy)[0], None
+  return process_inputs(cfg), None
 
 
 def sft_dataset(cfg: DataConfig, *, process_index: int, process_count: int

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 REQUIRED_TEXT = ("prompt", "response", "domain", "source")
+RESERVED = (*REQUIRED_TEXT, "answer", "tests")  # Record fields: never kept in `meta`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +45,8 @@ class InvalidRecord(ValueError):
     self.reason = reason
 
 
-def parse_record(raw: str | bytes | Mapping[str, Any]) -> Record:
-  """JSON text, UTF-8 bytes or a mapping -> Record; raises InvalidRecord(reason) otherwise."""
+def decode(raw: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
+  """JSON text, UTF-8 bytes or a mapping -> the mapping; raises InvalidRecord(reason) otherwise."""
   if isinstance(raw, bytes):
     try:
       raw = raw.decode("utf-8")
@@ -58,27 +59,42 @@ def parse_record(raw: str | bytes | Mapping[str, Any]) -> Record:
       raise InvalidRecord("malformed_json") from None
   if not isinstance(raw, Mapping):
     raise InvalidRecord("not_an_object")
-  for name in REQUIRED_TEXT:
-    value = raw.get(name)
-    if value is None or value == "":
-      raise InvalidRecord(f"missing_{name}")
-    if not isinstance(value, str):
-      raise InvalidRecord(f"bad_type_{name}")
-  answer = raw.get("answer")
+  return raw
+
+
+def text(value: Any, name: str) -> str:
+  """A required non-empty string; `name` (the input field) goes into the reason."""
+  if value is None or value == "":
+    raise InvalidRecord(f"missing_{name}")
+  if not isinstance(value, str):
+    raise InvalidRecord(f"bad_type_{name}")
+  return value
+
+
+def make_record(*, prompt: str, response: str, domain: str, source: str, answer: Any,
+                tests: Any, meta: Mapping[str, Any]) -> Record:
+  """A Record from already-extracted parts; checks the answer and tests (the texts are checked
+  by `text`). A record needs a reference answer or code tests, or it cannot be verified."""
   if isinstance(answer, bool) or not (answer is None or isinstance(answer, (str, int, float))):
     raise InvalidRecord("bad_type_answer")
-  tests = raw.get("tests") or ()
+  tests = tests or ()
   if isinstance(tests, str):
     tests = (tests,)
-  if not all(isinstance(t, str) for t in tests):
+  if not isinstance(tests, (list, tuple)) or not all(isinstance(t, str) for t in tests):
     raise InvalidRecord("bad_type_tests")
   if (answer is None or answer == "") and not tests:
     raise InvalidRecord("missing_answer_and_tests")
-  known = set(REQUIRED_TEXT) | {"answer", "tests"}
-  return Record(prompt=raw["prompt"], response=raw["response"], domain=raw["domain"],
-                source=raw["source"], answer=None if answer in (None, "") else str(answer),
-                tests=tuple(tests),
-                meta={k: v for k, v in raw.items() if k not in known and v is not None})
+  return Record(prompt=prompt, response=response, domain=domain, source=source,
+                answer=None if answer in (None, "") else str(answer), tests=tuple(tests),
+                meta={k: v for k, v in meta.items() if k not in RESERVED and v is not None})
+
+
+def parse_record(raw: str | bytes | Mapping[str, Any]) -> Record:
+  """The project's own record shape, every field required (see `formats` for other shapes and
+  for defaults); raises InvalidRecord(reason)."""
+  raw = decode(raw)
+  texts = {name: text(raw.get(name), name) for name in REQUIRED_TEXT}
+  return make_record(**texts, answer=raw.get("answer"), tests=raw.get("tests"), meta=raw)
 
 
 @dataclasses.dataclass
