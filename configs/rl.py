@@ -126,7 +126,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.smoke:
     config.rl.update(dict(group_size=4, replay_capacity=64, offline_samples=4,
                           offline_prompts=1))
-    config.train.update(dict(prompts_per_batch=2, rows=4, seq_len=512, max_new_tokens=8,
+    # One trajectory per 256-token row: attention cost grows with the row length on CPU.
+    config.train.update(dict(prompts_per_batch=2, rows=8, seq_len=256, max_new_tokens=8,
                              eval_problems=1, eval_max_new_tokens=8, max_refills=1))
     num_steps.set(args.steps or 2)
     config.ckpt.every = 1

@@ -206,7 +206,7 @@ def _train(run: RLRunConfig, workdir: Path, mesh, log: Callable) -> dict:
     step = _RLStep(run, pool, host, tokenizer, scorer, ref_params,
                    jit_rl_step(step_cfg, optimizer, schedule, state_shardings, batch_sharding),
                    jit_old_logprobs(step_cfg, state_shardings.params, batch_sharding),
-                   batch_sharding, jax.random.wrap_key_data(jax.device_get(state.rng)))
+                   batch_sharding, jax.random.wrap_key_data(np.asarray(jax.device_get(state.rng))))
     summary = shell.run(state, host.rollout, step, host_state=host.to_json)
     summary["rl"] = step.last
     return summary
