@@ -197,6 +197,9 @@ def data(**overrides) -> ml_collections.ConfigDict:
           duplicate_rate=0.04,  # share of records re-emitted as exact or near duplicates
           reference_size=200,  # target-style reference sample, problems per domain
           heldout_per_difficulty=20,  # held-out problems per domain and difficulty
+          # number ranges (motif_jax/data/toy_problems.py LADDERS): standard (multi-digit
+          # arithmetic) | small (values in [0, 99], single-digit steps: the quickstart's)
+          ladder="standard",
       ),
       filter_on_load=True,  # run the filters when the SFT pipeline loads `inputs`
       seq_len=1024,  # tokens per packed row

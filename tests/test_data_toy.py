@@ -2,9 +2,12 @@
 
 import collections
 import dataclasses
+import random
+
+import pytest
 
 from motif_jax.data import toy_corpus
-from motif_jax.data.toy_problems import Problem, run
+from motif_jax.data.toy_problems import LADDERS, Problem, make_problem, run
 from data_helpers import scored, small_config
 
 
@@ -63,3 +66,37 @@ def test_reference_and_heldout_splits():
                  for k in range(cfg.min_steps, cfg.max_steps + 1)}
   assert not {p.prompt for p in heldout} & train_prompts
   assert len({p.prompt for p in heldout}) == len(heldout)
+
+
+def test_standard_ladder_draws_the_default_corpus_problems():
+  """The default ranges (drawn before ladders existed) give the same problems for a seed."""
+  rng = random.Random(0)
+  assert make_problem(rng, "arith", 3) == Problem("arith", 14, (("sub", 4), ("sub", 34),
+                                                                ("sub", 27)))
+  assert make_problem(rng, "lists", 3) == Problem("lists", (7, 5, 9, 3, 8), (
+      ("sort_desc", 0), ("add", 3), ("drop_first", 0)))
+
+
+def test_small_ladder_keeps_values_and_steps_in_its_ranges():
+  ladder, rng = LADDERS["small"], random.Random(1)
+  for _ in range(2000):
+    arith = make_problem(rng, "arith", rng.randint(1, 4), "small")
+    assert ladder.arith_start[0] <= arith.start <= ladder.arith_start[1]
+    assert all(0 <= v <= ladder.arith_max for v in run(arith))
+    for (kind, arg), before in zip(arith.ops, run(arith)):
+      low, high = ladder.arith_mul if kind == "mul" else ladder.arith_arg
+      assert low <= arg <= high and (kind != "mul" or before <= ladder.arith_mul_below)
+    lists = make_problem(rng, "lists", rng.randint(1, 4), "small")
+    assert ladder.list_len[0] <= len(lists.start) <= ladder.list_len[1]
+    assert all(len(v) <= ladder.list_max_len for v in run(lists))
+    assert all(ladder.list_arg[0] <= a <= ladder.list_arg[1] for k, a in lists.ops
+               if k in ("append", "add"))
+
+
+def test_ladder_is_chosen_by_the_toy_config_and_checked():
+  cfg = small_config(toy=dict(ladder="small", min_steps=1, max_steps=2)).toy
+  assert all(0 <= v <= 99 for p in toy_corpus.problems(cfg, "train", 50) if p.domain == "arith"
+             for v in run(p))
+  assert {p.difficulty for p in toy_corpus.heldout(cfg)} == {1, 2}
+  with pytest.raises(ValueError, match=r"data.toy.ladder='tiny' must be one of"):
+    small_config(toy=dict(ladder="tiny"))

@@ -14,7 +14,7 @@ from typing import Any
 
 from motif_jax import typed_config
 from motif_jax.data.template import ChatTemplate
-from motif_jax.data.toy_problems import DOMAINS
+from motif_jax.data.toy_problems import DOMAINS, LADDERS
 
 VERIFY_METHODS = ("exact", "math_verify", "tests")
 # Input record formats (motif_jax.data.formats); "auto" detects the format of every item.
@@ -171,8 +171,11 @@ class ToyConfig:
   duplicate_rate: float
   reference_size: int  # per domain
   heldout_per_difficulty: int  # per domain and difficulty
+  ladder: str = "standard"  # number ranges: a name of motif_jax.data.toy_problems.LADDERS
 
   def __post_init__(self):
+    if self.ladder not in LADDERS:
+      _fail(f"data.toy.ladder={self.ladder!r}", f"must be one of {sorted(LADDERS)}")
     object.__setattr__(self, "domains", _split(self.domains))
     if not self.domains or len(set(self.domains)) != len(self.domains):
       _fail(f"data.toy.domains={','.join(self.domains)!r}", "must name distinct domains")

@@ -45,7 +45,7 @@ def _rng(cfg: ToyConfig, stream: str) -> random.Random:
 
 def problems(cfg: ToyConfig, stream: str, per_domain: int) -> list[Problem]:
   rng = _rng(cfg, stream)
-  return [make_problem(rng, domain, rng.randint(cfg.min_steps, cfg.max_steps))
+  return [make_problem(rng, domain, rng.randint(cfg.min_steps, cfg.max_steps), cfg.ladder)
           for domain in cfg.domains for _ in range(per_domain)]
 
 
@@ -185,7 +185,7 @@ def heldout(cfg: ToyConfig) -> list[Problem]:
     for steps in range(cfg.min_steps, cfg.max_steps + 1):
       found = 0
       while found < cfg.heldout_per_difficulty:
-        problem = make_problem(rng, domain, steps)
+        problem = make_problem(rng, domain, steps, cfg.ladder)
         if problem.prompt not in seen:
           seen.add(problem.prompt)
           out.append(problem)

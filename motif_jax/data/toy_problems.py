@@ -114,32 +114,70 @@ def run(problem: Problem, slip: tuple[int, int] | None = None) -> list[Value]:
   return values
 
 
-def _arith_op(rng: random.Random, value: int) -> Op:
-  kinds = ["add", "sub"] + (["mul"] if abs(value) <= 50 else [])
+@dataclasses.dataclass(frozen=True)
+class Ladder:
+  """Number ranges of the problems (inclusive): how hard one operation is at any difficulty.
+
+  `arith_max` > 0 keeps every arithmetic value in [0, arith_max] (an operation whose result would
+  leave it is not drawn; the argument range shrinks to fit); 0 = unbounded (values can go negative
+  and past a thousand).
+  """
+  arith_start: tuple[int, int]
+  arith_arg: tuple[int, int]  # add / subtract
+  arith_mul: tuple[int, int]  # multiply by
+  arith_mul_below: int  # multiplication is drawn only while |value| <= this
+  arith_max: int
+  list_len: tuple[int, int]  # starting list length
+  list_arg: tuple[int, int]  # append / add to each
+  list_max_len: int  # append is drawn only below this length
+
+
+LADDERS = {
+    # Multi-digit arithmetic (start 2-20, add/subtract 2-40, multiply by 2-4): the default corpus.
+    "standard": Ladder(arith_start=(2, 20), arith_arg=(2, 40), arith_mul=(2, 4),
+                       arith_mul_below=50, arith_max=0, list_len=(4, 6), list_arg=(1, 9),
+                       list_max_len=_MAX_LIST),
+    # What the 2-layer quickstart model learns in minutes on a CPU: two-digit values that stay in
+    # [0, 99], single-digit add / subtract, multiply by 2-3 below 10, lists of 3-5 digits.
+    "small": Ladder(arith_start=(2, 30), arith_arg=(1, 9), arith_mul=(2, 3), arith_mul_below=9,
+                    arith_max=99, list_len=(3, 5), list_arg=(1, 5), list_max_len=6),
+}
+
+
+def _arith_op(rng: random.Random, value: int, ladder: Ladder) -> Op:
+  (lo, hi), (mlo, mhi), top = ladder.arith_arg, ladder.arith_mul, ladder.arith_max
+  ranges = {"add": (lo, hi if not top else min(hi, top - value)),
+            "sub": (lo, hi if not top else min(hi, value)),
+            "mul": (mlo, mhi if not top else min(mhi, top // max(value, 1)))}
+  kinds = [k for k in ("add", "sub", "mul") if ranges[k][0] <= ranges[k][1]
+           and (k != "mul" or abs(value) <= ladder.arith_mul_below)]
   kind = rng.choice(kinds)
-  return (kind, rng.randint(2, 4) if kind == "mul" else rng.randint(2, 40))
+  return (kind, rng.randint(*ranges[kind]))
 
 
-def _list_op(rng: random.Random, value: tuple[int, ...]) -> Op:
+def _list_op(rng: random.Random, value: tuple[int, ...], ladder: Ladder) -> Op:
   kinds = ["reverse", "sort", "sort_desc", "rotate", "add"]
-  if len(value) < _MAX_LIST:
+  if len(value) < ladder.list_max_len:
     kinds.append("append")
   if len(value) >= 3:
     kinds.append("drop_first")
   if sum(x % 2 for x in value) >= 2 and any(x % 2 == 0 for x in value):
     kinds.append("drop_even")
   kind = rng.choice(kinds)
-  return (kind, rng.randint(1, 9) if kind in ("append", "add") else 0)
+  return (kind, rng.randint(*ladder.list_arg) if kind in ("append", "add") else 0)
 
 
-def make_problem(rng: random.Random, domain: str, steps: int) -> Problem:
+def make_problem(rng: random.Random, domain: str, steps: int, ladder: str = "standard"
+                 ) -> Problem:
+  """A random problem of `steps` operations with the number ranges of `LADDERS[ladder]`."""
+  ranges = LADDERS[ladder]
   if domain == "arith":
-    start: Value = rng.randint(2, 20)
+    start: Value = rng.randint(*ranges.arith_start)
   else:
-    start = tuple(rng.randint(0, 9) for _ in range(rng.randint(4, 6)))
+    start = tuple(rng.randint(0, 9) for _ in range(rng.randint(*ranges.list_len)))
   value, ops = start, []
   for _ in range(steps):
-    op = (_arith_op if domain == "arith" else _list_op)(rng, value)
+    op = (_arith_op if domain == "arith" else _list_op)(rng, value, ranges)
     ops.append(op)
     value = apply_op(domain, value, op)
   return Problem(domain, start, tuple(ops))
