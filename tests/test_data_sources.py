@@ -204,3 +204,12 @@ def test_lazy_inputs_errors_name_the_file_or_the_process(tmp_path):
   _build(cfg, 0, 2)
   with pytest.raises(ValueError, match="process 1 of 2 has no valid record"):
     _build(cfg, 1, 2)
+
+
+def test_toy_and_file_inputs_concatenate_in_order(tmp_path):
+  cfg, path = _cfg(tmp_path, [json.dumps(GOOD)] * 3)
+  cfg = dataclasses.replace(cfg, inputs=(path, "toy:aligned", path))
+  toy = curate.load_inputs(("toy:aligned",), cfg.toy)[0]
+  inputs = pipeline.process_inputs(cfg)
+  assert [inputs[i] for i in range(len(inputs))] == [
+      *sources.read_records([path])[0], *toy, *sources.read_records([path])[0]]

@@ -151,3 +151,19 @@ def measure_throughput(ds: grain.IterDataset, *, num_batches: int) -> dict[str, 
   return dict(startup_s=startup_s, batches=num_batches, seconds=elapsed_s, packed_tokens=tokens,
               fill=tokens / slots, tokens_per_s=tokens / elapsed_s,
               batches_per_s=num_batches / elapsed_s)
+
+
+def measure_reading(cfg: DataConfig, *, process_count: int) -> dict[str, float]:
+  """Seconds until process 0 of `process_count` holds its records: the eager reader (parse every
+  item, then slice) against the lazy one (index the files, parse the shard's items only)."""
+  start = time.perf_counter()
+  eager = curate.load_inputs(cfg.inputs, cfg.toy, formats.read_spec(cfg))[0][::process_count]
+  eager_s = time.perf_counter() - start
+  start = time.perf_counter()
+  inputs = process_inputs(cfg)
+  index_s = time.perf_counter() - start
+  shard = inputs[::process_count]
+  lazy = [r for r in (shard[i] for i in range(len(shard))) if r is not None]
+  lazy_s = time.perf_counter() - start
+  return dict(items=len(inputs), shard_items=len(shard), shard_records=len(lazy),
+              eager_records=len(eager), eager_s=eager_s, index_s=index_s, lazy_s=lazy_s)

@@ -21,6 +21,7 @@ import functools
 import glob
 import json
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -137,15 +138,12 @@ class JsonlLines(grain.sources.RandomAccessDataSource):
   def __getitem__(self, index: int) -> bytes:
     if self._fd is None:
       self._fd = os.open(self.path, os.O_RDONLY)
+      weakref.finalize(self, os.close, self._fd)
     start, end = int(self.starts[index]), int(self.ends[index])
     return os.pread(self._fd, end - start, start)
 
   def __getstate__(self):
     return {**self.__dict__, "_fd": None}
-
-  def __del__(self):
-    if getattr(self, "_fd", None) is not None:
-      os.close(self._fd)
 
 
 class ParquetRows(grain.sources.RandomAccessDataSource):
