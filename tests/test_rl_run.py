@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -36,7 +37,7 @@ PARITY = textwrap.dedent("""
     _rewards.register("parity", parity_reward, verifier=True)
 """)
 exec(PARITY)  # noqa: S102 (the same reward in this process and in the subprocess)
-STEPS = 4
+STEPS = 2
 METRIC_KEYS = ("rl/reward", "rl/pass_rate", "adv/mean", "adv/std", "clip/low", "clip/high",
                "kl/old", "kl/ref", "entropy", "is/mean", "is/max", "is/capped", "ratio/mean",
                "ratio/max", "rl/response_length", "rl/truncation", "domain/arith/reward",
@@ -66,6 +67,10 @@ def rl_smoke_config(init_from: str, num_steps: int, **train):
       target = target[name]
     target[rest[-1]] = type(target[rest[-1]])(value)
   config.train.update(train)
+  # optim.decay_steps follows train.num_steps (a shared reference): fix it at STEPS as the
+  # command line of the STEPS-long runs does, so every run shares one schedule and one compile.
+  config.optim = ml_collections.ConfigDict(config.optim.to_dict())
+  config.optim.decay_steps = STEPS
   return config
 
 
@@ -113,15 +118,16 @@ def test_smoke_run_writes_metrics_checkpoints_and_final_params(straight, sft_dir
   assert [d["step"] for d in steps] == list(range(1, STEPS + 1))
   for d in steps:
     assert set(METRIC_KEYS) <= set(d), set(METRIC_KEYS) - set(d)
-  # Parity rewards: mixed groups, so the updates had a signal; replay joined from step 2 on.
+  # Parity rewards: mixed groups, so the updates had a signal; replay joined at step 2 (half
+  # of the 8 trajectories: rl.replay_fraction=0.5).
   assert all(d["adv/std"] > 0 for d in steps)
-  assert steps[0]["replay/replayed"] == 0 and all(d["replay/replayed"] > 0 for d in steps[1:])
-  assert steps[-1]["replay/dropped_stale"] > 0  # max_staleness=1: version 0 dropped by step 3
+  assert [d["replay/replayed"] for d in steps] == [0, 4]
+  assert [d["replay/fresh"] for d in steps] == [8, 4]
   # The SFT eval's key names (per domain and difficulty), written at the end.
   assert {"eval/accuracy", "eval/loss", "eval/accuracy/arith/d2"} <= set(summary["eval"])
   assert (workdir / "tensorboard").is_dir() and (workdir / "config.json").exists()
   ckpt = checkpoint.TrainCheckpointer(workdir / "checkpoints", keep=3)
-  assert ckpt.all_steps() == [2, 3, 4]
+  assert ckpt.all_steps() == [1, 2]
   ckpt.close()
   host = _host(workdir, STEPS)
   assert host["rollout"] == STEPS and host["replay"]["meta"]["count"] > 0
@@ -131,11 +137,31 @@ def test_smoke_run_writes_metrics_checkpoints_and_final_params(straight, sft_dir
   assert moved > 1e-4  # the RL steps changed the SFT params
 
 
+def _assert_same_run(workdir, straight_dir):
+  """Per-step metrics, final params and the host state at the last step (replay buffer,
+  pass-rate statistics, filter counts, queue position, sampler-call count) equal bit for bit."""
+  assert _metrics(workdir) == _metrics(straight_dir)
+  assert _host(workdir, STEPS) == _host(straight_dir, STEPS)
+  for a, b in zip(jax.tree.leaves(_params(straight_dir)), jax.tree.leaves(_params(workdir))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_from_the_checkpoint_is_exact(straight, sft_dir, tmp_path):
+  """STEPS/2 rollout batches, then a second `train` call restores the train state and the host
+  state from the checkpoint and finishes: the same run as the uninterrupted one."""
+  straight_dir, _ = straight
+  workdir = tmp_path / "split"
+  rl_trainer.train(rl_smoke_config(str(sft_dir), STEPS // 2), str(workdir), log=lambda _: None)
+  logs = []
+  summary = rl_trainer.train(rl_smoke_config(str(sft_dir), STEPS), str(workdir), log=logs.append)
+  assert summary["start_step"] == STEPS // 2
+  assert any(f"resumed from step {STEPS // 2}" in line for line in logs)
+  _assert_same_run(workdir, straight_dir)
+
+
+@pytest.mark.slow
 def test_resume_in_a_fresh_process_is_exact(straight, sft_dir, tmp_path):
-  """STEPS/2 rollout batches here, then `python -m experiments.rl` resumes in a fresh process
-  and finishes: per-step metrics, final params and the host state at the last step (replay
-  buffer, pass-rate statistics, filter counts, queue position, sampler-call count) equal the
-  uninterrupted run's, bit for bit."""
+  """As above, the second half in a fresh `python -m experiments.rl` process."""
   straight_dir, _ = straight
   workdir = tmp_path / "split"
   rl_trainer.train(rl_smoke_config(str(sft_dir), STEPS // 2), str(workdir), log=lambda _: None)
@@ -150,10 +176,7 @@ def test_resume_in_a_fresh_process_is_exact(straight, sft_dir, tmp_path):
                            capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from step {STEPS // 2}" in resumed.stdout + resumed.stderr
-  assert _metrics(workdir) == _metrics(straight_dir)
-  assert _host(workdir, STEPS) == _host(straight_dir, STEPS)
-  for a, b in zip(jax.tree.leaves(_params(straight_dir)), jax.tree.leaves(_params(workdir))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  _assert_same_run(workdir, straight_dir)
 
 
 def test_config_errors_name_the_field_and_ablation_overrides_are_valid(tmp_path):

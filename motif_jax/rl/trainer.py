@@ -163,11 +163,24 @@ def train(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
     return _train(run, workdir_path, mesh, log)
 
 
+@functools.lru_cache(maxsize=4)
+def _jitted(step_cfg: RLStepConfig, optim: OptimConfig, seed: int, mesh) -> tuple:
+  """(optimizer, abstract state, state shardings, batch sharding, jitted rl_step, jitted π
+  log-probs), built once per setting in a process: runs that share it (a sweep, a resume test)
+  compile once."""
+  optimizer, schedule = make_optimizer(optim)
+  abstract_state, state_shardings = loop.abstract_train_state(step_cfg.model, optimizer, seed,
+                                                              mesh)
+  batch_sharding = NamedSharding(mesh, shd.spec_for(("batch", None), step_cfg.model.sharding))
+  return (optimizer, abstract_state, state_shardings, batch_sharding,
+          jit_rl_step(step_cfg, optimizer, schedule, state_shardings, batch_sharding),
+          jit_old_logprobs(step_cfg, state_shardings.params, batch_sharding))
+
+
 def _train(run: RLRunConfig, workdir: Path, mesh, log: Callable) -> dict:
-  optimizer, schedule = make_optimizer(run.optim)
-  abstract_state, state_shardings = loop.abstract_train_state(run.model, optimizer,
-                                                              run.train.seed, mesh)
-  batch_sharding = NamedSharding(mesh, shd.spec_for(("batch", None), run.model.sharding))
+  step_cfg = RLStepConfig(run.model, run.rl, run.train.num_microbatches, run.train.loss_impl)
+  optimizer, abstract_state, state_shardings, batch_sharding, step_fn, logprobs_fn = _jitted(
+      step_cfg, run.optim, run.train.seed, mesh)
   tokenizer = curate.make_tokenizer(run.data)
   pool = load_pool(run, tokenizer)
   longest = max(len(t) for t in pool.prompt_tokens) + run.train.max_new_tokens - 1
@@ -202,10 +215,7 @@ def _train(run: RLRunConfig, workdir: Path, mesh, log: Callable) -> dict:
           run.rl.init_from, "rl.init_from", run.model, run.train.seed, mesh, log)
     if restored is None and run.rl.offline_prompts:
       _offline_pass(state.params, run, pool, host, tokenizer, scorer, log)
-    step_cfg = RLStepConfig(run.model, run.rl, run.train.num_microbatches, run.train.loss_impl)
-    step = _RLStep(run, pool, host, tokenizer, scorer, ref_params,
-                   jit_rl_step(step_cfg, optimizer, schedule, state_shardings, batch_sharding),
-                   jit_old_logprobs(step_cfg, state_shardings.params, batch_sharding),
+    step = _RLStep(run, pool, host, tokenizer, scorer, ref_params, step_fn, logprobs_fn,
                    batch_sharding, jax.random.wrap_key_data(np.asarray(jax.device_get(state.rng))))
     summary = shell.run(state, host.rollout, step, host_state=host.to_json)
     summary["rl"] = step.last
