@@ -286,6 +286,8 @@ class _RLStep:
     m.update(_mean_metrics(jax.device_get(updates)))
     m["perf/update_s"] = time.perf_counter() - t1
     m["perf/step_s"] = time.perf_counter() - t0
+    for part in ("sample", "score", "update"):  # shares of the rollout batch's wall time
+      m[f"perf/{part}_share"] = m[f"perf/{part}_s"] / max(m["perf/step_s"], 1e-9)
     self.host.rollout = step
     self.last = m
     return state, m
@@ -325,24 +327,16 @@ class _RLStep:
     host.reward_ema_d = balance.update_reward_ema(
         host.reward_ema_d, [t.reward for t in fresh], [t.domain for t in fresh],
         weight=run.rl.pass_rate_ema)
-    names = run.rl.domain_names
-    metrics.update({f"rollout/{k.split('/', 1)[1]}": v for k, v in balance.domain_metrics(
-        [t.reward for t in fresh], [t.passed for t in fresh],
-        [len(t.completion_tokens) for t in fresh], [t.domain for t in fresh], names).items()})
+    metrics.update(_rollout_metrics(fresh, run.rl.domain_names))
     metrics.update(host.filter.metrics())
     metrics.update({
-        "rollout/reward": float(np.mean([t.reward for t in fresh])),
-        "rollout/pass_rate": float(np.mean([t.passed for t in fresh])),
-        "rollout/truncation": float(np.mean([t.truncated for t in fresh])),
-        "rollout/response_length": float(np.mean([len(t.completion_tokens) for t in fresh])),
-        "rollout/sampler_calls": calls,
-        "rollout/forced_groups": forced,
+        "rollout/sampler_calls": calls, "rollout/forced_groups": forced,
         "filter/step_dropped_groups": host.filter.counts["dropped"] - dropped_before,
         "band/active_prompts": moved["active"], "band/retired": moved["retired"],
         "band/readmitted": moved["readmitted"], "band/band_ignored": host.queue.band_ignored,
         "policy/version": version})
-    for d, w in enumerate(self._weights()):
-      metrics[f"balance/{names[d]}/weight"] = float(w)
+    for name, w in zip(run.rl.domain_names, self._weights()):
+      metrics[f"balance/{name}/weight"] = float(w)
     return groups, metrics
 
   def _weights(self) -> np.ndarray:
@@ -366,6 +360,20 @@ class _RLStep:
     if self.ref_params is not None:
       out["ref_logprobs"] = self.old_logprobs_fn(self.ref_params, out)
     return out
+
+
+def _rollout_metrics(fresh: list, names) -> dict[str, float]:
+  """Reward, pass rate, truncation and length of every sample drawn (filtered ones included),
+  overall and per domain (`rollout/<domain>/...`)."""
+  rewards_n = [t.reward for t in fresh]
+  passed_n = [t.passed for t in fresh]
+  lengths_n = [len(t.completion_tokens) for t in fresh]
+  out = {f"rollout/{k.split('/', 1)[1]}": v for k, v in balance.domain_metrics(
+      rewards_n, passed_n, lengths_n, [t.domain for t in fresh], names).items()}
+  return out | {"rollout/reward": float(np.mean(rewards_n)),
+                "rollout/pass_rate": float(np.mean(passed_n)),
+                "rollout/truncation": float(np.mean([t.truncated for t in fresh])),
+                "rollout/response_length": float(np.mean(lengths_n))}
 
 
 def _mean_metrics(updates: list[dict]) -> dict[str, float]:
