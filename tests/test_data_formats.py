@@ -189,10 +189,18 @@ def test_filter_data_unusable_input_is_one_line(tmp_path, case):
   _assert_one_line_error(run, *needles)
 
 
-def test_sft_missing_input_is_one_line(tmp_path):
-  run = _cli("experiments.sft", "--config=configs/sft.py:smoke",
-             f"--config.data.inputs={tmp_path / 'nope.jsonl'}", f"--workdir={tmp_path / 'w'}")
-  _assert_one_line_error(run, "no file matches", "nope.jsonl")
+@pytest.mark.parametrize("case", ["missing", "no_valid_lazy"])
+def test_sft_unusable_input_is_one_line(tmp_path, case):
+  """A missing file (curated on load), and a file read lazily per process with no valid line."""
+  (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{oops\n')
+  flags = {"missing": [f"--config.data.inputs={tmp_path / 'nope.jsonl'}"],
+           "no_valid_lazy": [f"--config.data.inputs={tmp_path / 'bad.jsonl'}",
+                             "--config.data.filter_on_load=False"]}[case]
+  run = _cli("experiments.sft", "--config=configs/sft.py:smoke", *flags,
+             f"--workdir={tmp_path / 'w'}")
+  needles = {"missing": ("no file matches", "nope.jsonl"),
+             "no_valid_lazy": ("process 0 of 1 has no valid record",)}[case]
+  _assert_one_line_error(run, *needles)
 
 
 def test_the_issue_users_file_is_accepted_by_filter_data(tmp_path):

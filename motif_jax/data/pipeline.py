@@ -70,8 +70,9 @@ def build_sft_dataset(records: Sequence[Record] | grain.MapDataset, *, tokenizer
     records = grain.MapDataset.source(list(records))
   shard = records[process_index::process_count]
   if not any(shard[i] is not None for i in range(len(shard))):  # stops at the first valid one
-    raise ValueError(f"process {process_index} of {process_count} has no valid record "
-                     f"({len(shard)} items in its shard, {len(records)} in all)")
+    raise ValueError(f"data.inputs: process {process_index} of {process_count} has no valid "
+                     f"record ({len(shard)} items in its shard, {len(records)} in all; "
+                     "experiments.filter_data counts invalid items by reason)")
   if shuffle:
     shard = shard.shuffle(seed=seed)  # a new permutation every epoch
   shard = shard.repeat(num_epochs or None)
