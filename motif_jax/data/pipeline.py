@@ -52,10 +52,11 @@ from motif_jax.data.template import ChatTemplate
 from motif_jax.data.tokenizer import Tokenizer
 
 
-def build_sft_dataset(records: Sequence[Record] | grain.MapDataset, *, tokenizer: Tokenizer, template: ChatTemplate,
-                      seq_len: int, global_batch_size: int, seed: int, shuffle: bool,
-                      num_epochs: int, packing_bins: int, process_index: int, process_count: int,
-                      workers: int, worker_buffer: int, prefetch: int) -> grain.IterDataset:
+def build_sft_dataset(records: Sequence[Record] | grain.MapDataset, *, tokenizer: Tokenizer,
+                      template: ChatTemplate, seq_len: int, global_batch_size: int, seed: int,
+                      shuffle: bool, num_epochs: int, packing_bins: int, process_index: int,
+                      process_count: int, workers: int, worker_buffer: int,
+                      prefetch: int) -> grain.IterDataset:
   """Packed batches of this process's slice of the global batch (see the module docstring).
 
   `records` is every process's records: a list, or a MapDataset whose items are parsed on access
