@@ -59,10 +59,15 @@ def aot_memory(model: ModelConfig, optim: OptimConfig, mesh, *, seq_len: int,
                                      optimizer=optimizer, schedule=schedule),
                    in_shardings=(state_shardings, batch["tokens"].sharding),
                    out_shardings=(state_shardings, None), donate_argnums=0)
-    stats = step.lower(state, batch).compile().memory_analysis()
+    return compiled_bytes(step.lower(state, batch).compile())
+
+
+def compiled_bytes(compiled) -> dict:
+  """Per-device argument, output, alias, temp and total bytes of a compiled function."""
+  stats = compiled.memory_analysis()
   argument, output = stats.argument_size_in_bytes, stats.output_size_in_bytes
   alias, temp = stats.alias_size_in_bytes, stats.temp_size_in_bytes
-  # Donated state buffers are reused for the outputs: count them once.
+  # Donated buffers are reused for the outputs: count them once.
   return {"argument_bytes": int(argument), "output_bytes": int(output),
           "alias_bytes": int(alias), "temp_bytes": int(temp),
           "per_device_bytes": int(argument + output - alias + temp)}
@@ -104,13 +109,10 @@ def analytic_memory(model: ModelConfig, mesh_shape: Mapping[str, int], *, seq_le
   return out
 
 
-def plan(model: ModelConfig, optim: OptimConfig, mesh_shape: Mapping[str, int], *, seq_len: int,
-         remat: str, batch_size: int | None = None, loss_impl: str = "xla",
-         devices: Sequence[jax.Device] | None = None, fsdp_over_sequence: bool = True) -> dict:
-  """AOT and analytic figures for one (mesh, remat) cell, as the JSON the CLI writes.
-
-  fsdp_over_sequence: on a mesh with sequence > 1, shard weights over it too (`embed`).
-  """
+def planned_model(model: ModelConfig, mesh_shape: Mapping[str, int], *, seq_len: int,
+                  remat: str, fsdp_over_sequence: bool = True
+                  ) -> tuple[ModelConfig, dict[str, int]]:
+  """(model with the remat policy and sequence length, the full mesh shape) for one cell."""
   model = dataclasses.replace(model, remat=remat, max_seq_len=seq_len)
   mesh_shape = {a: int(mesh_shape.get(a, 1)) for a in shd.MESH_AXES}
   embed = model.sharding.mesh_axes("embed")
@@ -118,6 +120,18 @@ def plan(model: ModelConfig, optim: OptimConfig, mesh_shape: Mapping[str, int], 
     # Context-parallel ranks also hold a slice of the weights (ZeRO-3 over fsdp x sequence).
     model = dataclasses.replace(model, sharding=dataclasses.replace(
         model.sharding, embed=embed + ("sequence",)))
+  return model, mesh_shape
+
+
+def plan(model: ModelConfig, optim: OptimConfig, mesh_shape: Mapping[str, int], *, seq_len: int,
+         remat: str, batch_size: int | None = None, loss_impl: str = "xla",
+         devices: Sequence[jax.Device] | None = None, fsdp_over_sequence: bool = True) -> dict:
+  """AOT and analytic figures for one (mesh, remat) cell, as the JSON the CLI writes.
+
+  fsdp_over_sequence: on a mesh with sequence > 1, shard weights over it too (`embed`).
+  """
+  model, mesh_shape = planned_model(model, mesh_shape, seq_len=seq_len, remat=remat,
+                                    fsdp_over_sequence=fsdp_over_sequence)
   batch_size = batch_size or rows_per_step(model, mesh_shape)
   mesh = shd.make_mesh(mesh_shape, devices)
   out = {"mesh": mesh_shape, "remat": remat, "seq_len": seq_len, "batch_size": batch_size,
