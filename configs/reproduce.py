@@ -1,0 +1,104 @@
+"""The recipe's lessons at small scale (recipe §7): the study and every run it launches.
+
+  python -m experiments.reproduce --workdir=/tmp/repro                         # full, ~60 min
+  python -m experiments.reproduce --workdir=/tmp/repro_smoke --config=configs/reproduce.py:smoke
+
+`run=study` (default) is the study: seeds, parts, token budgets, margins. The study launches its
+runs through the sweep launcher on bases of this same file: `run=sft` (experiments.sft on the
+quickstart ladder: the 2-layer tiny Motif model, small-number toy problems of difficulty 1-4),
+`run=rl` (experiments.rl from an SFT run of the study), `run=memory` (motif_jax.reproduce.memory,
+kernel and step memory at the Motif shapes), `run=probe` (experiments.probe_teachers: configs/probe.py). Each point's overrides (data, filters, seed, steps)
+are listed in DIR/<part>/sweep_points.py.
+
+Variants: smoke (seconds per run: the smoke model, a few steps; ~3 min on 2 cores),
+run=study|sft|rl|memory|probe.
+"""
+
+import ml_collections
+
+from configs import common, rl, sft
+
+FULL_FILTERS = "format,verify,verbosity,granularity,style,dedup"
+
+
+def study_section(smoke: bool) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      variant="smoke" if smoke else "",  # what run=... bases add (configs/reproduce.py:VARIANT)
+      parts="data,curriculum,probe,rl,memory",  # which parts to run (report sections follow)
+      seeds=2 if smoke else 3,  # SFT seeds (train.seed = data.seed = s)
+      rl_seeds=1 if smoke else 2,
+      probe_seeds=1,  # teacher-probe runs (each probes all three toy teachers)
+      parallel=2,  # points at once on the local launcher
+      confidence=0.95,  # of every interval
+      # Completion (loss) tokens per SFT run: each condition trains the steps that its own data
+      # pipeline needs to reach this count (counted before launch, checked from metrics after).
+      sft_budget_tokens=2_500 if smoke else 300_000,
+      max_steps=50 if smoke else 2_000,  # a budget that needs more steps is an error
+      accuracy_margin=0.02,  # pass@1 differences smaller than this count as no effect
+      entropy_margin=0.01,  # nats per token
+      curriculum=dict(
+          stage1_share=0.5,  # of the budget, on short traces in short rows
+          stage1_seq_len=208,  # tokens per row in stage 1 (full rows: 384; smoke 256)
+          stage1_max_tokens=80,  # longest response (tokens) in stage 1: about 2/3 of the traces
+      ),
+      memory_kernel_json="docs/bench_kernels_cpu.json" if smoke else "",  # "" = measure now
+  ))
+
+
+def sft_run(smoke: bool) -> ml_collections.ConfigDict:
+  """experiments.sft on the quickstart ladder; every step logged (tokens are counted)."""
+  config = sft.get_config("smoke" if smoke else "quickstart")
+  config.train.log_every = 1  # the study sums train/tokens over every step
+  config.data.filters.order = FULL_FILTERS
+  if smoke:
+    config.train.update(dict(eval_problems=2, max_new_tokens=16))
+  else:
+    # 25 held-out problems per domain and tier (200 in all): pass@1 in steps of 0.005.
+    config.train.update(dict(eval_problems=25, max_new_tokens=192))
+    config.ckpt.every = 100
+  return config
+
+
+def rl_run(smoke: bool) -> ml_collections.ConfigDict:
+  """experiments.rl on the same model and ladder as sft_run; held-out accuracy every few steps."""
+  config = rl.get_config("smoke" if smoke else "quickstart")
+  config.data = sft_run(smoke).data
+  config.model = sft_run(smoke).model
+  if smoke:
+    config.train.update(dict(num_steps=2, eval_every=1, eval_problems=1))
+  else:
+    config.train.update(dict(num_steps=16, eval_every=4, eval_problems=10))
+  return config
+
+
+def memory_run(smoke: bool) -> ml_collections.ConfigDict:
+  """motif_jax.reproduce.memory: the fused paths against the naive ones, AOT (nothing allocated)."""
+  config = ml_collections.ConfigDict()
+  config.memory = ml_collections.ConfigDict(dict(
+      kernel_json=study_section(smoke).memory_kernel_json,  # "" = compile the kernels now
+      # Planner cells: the model config, mesh, tokens per sequence, remat; both loss paths.
+      plan_config="configs/tiny.py:smoke" if smoke else "configs/motif2_12b.py",
+      plan_mesh="data=1,fsdp=1,tensor=1,sequence=1" if smoke else "data=1,fsdp=1,tensor=1,sequence=8",
+      plan_seq_len=256 if smoke else 65_536,
+      plan_remat="none" if smoke else "full",
+      plan_loss_impls="xla,reference",  # fused chunked loss vs full [tokens, vocab] logits
+  ))
+  return config
+
+
+def probe_run(smoke: bool) -> ml_collections.ConfigDict:
+  """experiments.probe_teachers on the three toy teachers (configs/probe.py)."""
+  from configs import probe  # noqa: PLC0415 (the probe, issue 19, may be absent)
+  return probe.get_config("smoke" if smoke else None)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = common.parse_arg(arg, smoke=False, run="study")
+  runs = {"sft": sft_run, "rl": rl_run, "memory": memory_run, "probe": probe_run}
+  if args.run == "study":
+    config = ml_collections.ConfigDict()
+    config.study = study_section(args.smoke)
+    return config
+  if args.run not in runs:
+    raise ValueError(f"run={args.run!r} must be one of study, {', '.join(runs)}")
+  return runs[args.run](args.smoke)
