@@ -82,6 +82,8 @@ def _rl(args) -> ml_collections.ConfigDict:
   config.rl.init_from = args.init  # the SFT workdir (its final/)
   config.train.prompts = args.data  # prompt records with `answer` (rewarded by exact match)
   config.train.eval_problems = 0
+  if args.smoke:  # room for a think block and an answer, so the format reward can vary
+    config.train.max_new_tokens = 96
   if args.steps:
     config.train.num_steps = args.steps
   return config

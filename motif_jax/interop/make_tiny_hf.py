@@ -73,7 +73,13 @@ class TinyHFConfig:
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 1024
   initializer_range: float = 0.02
-  corpus_problems: int = 200  # toy problems per domain the BPE is trained on
+  corpus_problems: int = 200  # toy problems per domain the BPE (and pretraining) sees
+  # A few torch AdamW steps on the toy corpus (aligned teacher) rendered by the chat template,
+  # so the model writes the think block and a boxed answer, mostly wrong; 0 = random init only.
+  pretrain_steps: int = 0
+  pretrain_batch: int = 16  # rows of pretrain_seq_len tokens
+  pretrain_seq_len: int = 256
+  pretrain_lr: float = 3e-3
   seed: int = 0
 
 
@@ -142,10 +148,43 @@ def make_tiny_hf(directory: str | Path, cfg: TinyHFConfig = TinyHFConfig()) -> P
     for name, p in model.named_parameters():
       if "norm" in name:
         p.add_(0.1 * torch.randn_like(p))
+  if cfg.pretrain_steps:
+    pretrain(model, tok, cfg)
   model.generation_config = transformers.GenerationConfig(
       eos_token_id=ids[EOS], pad_token_id=ids[PAD], bos_token_id=None)
   model.save_pretrained(directory)
   return directory
+
+
+def pretrain(model, tok, cfg: TinyHFConfig) -> list[float]:
+  """`cfg.pretrain_steps` AdamW steps of next-token loss on the aligned toy corpus as chat
+  conversations (chat template rendered as transformers does), packed into fixed-length rows."""
+  import torch  # noqa: PLC0415
+  from motif_jax.data import chat_template  # noqa: PLC0415
+  chat = chat_template.HFChat(CHAT_TEMPLATE, (("eos_token", EOS),))
+  stream = []
+  toy = _toy_config(cfg.seed, cfg.corpus_problems)
+  for record in toy_corpus.corpus(toy, (toy_corpus.ALIGNED,)):
+    text = chat.render(chat_template.messages("", record.prompt, record.response),
+                       add_generation_prompt=False)
+    stream += tok.encode(text, add_special_tokens=False).ids
+  row = cfg.pretrain_seq_len + 1
+  rows = torch.tensor(stream[:len(stream) // row * row]).view(-1, row)
+  generator = torch.Generator().manual_seed(cfg.seed)
+  optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.0)
+  losses, threads = [], torch.get_num_threads()
+  torch.set_num_threads(1)  # a tiny model: more threads only contend (13x slower on 2 busy cores)
+  model.train()
+  for _ in range(cfg.pretrain_steps):
+    batch = rows[torch.randint(len(rows), (cfg.pretrain_batch,), generator=generator)]
+    loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss  # HF shifts labels itself
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    losses.append(float(loss.detach()))
+  model.eval()
+  torch.set_num_threads(threads)
+  return losses
 
 
 def write_toy_data(directory: str | Path, *, problems: int = 200, max_steps: int = 4,
