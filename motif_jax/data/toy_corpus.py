@@ -1,4 +1,4 @@
-"""The toy reasoning corpus: problems rendered by two teachers, a target sample, a held-out set.
+"""The toy reasoning corpus: problems rendered by teachers, a target sample, a held-out set.
 
 - aligned teacher (`teacher_aligned`): the target style, one numbered line per operation,
   `<think>\\n1. 7 + 5 = 12\\n2. 12 * 3 = 36\\n</think>\\n\\boxed{36}`; for code, one numbered
@@ -7,6 +7,10 @@
   operations, with filler sentences; a share `error_rate` of its answers are wrong (a slipped
   intermediate result, or for code a wrong statement) and a share `format_error_rate` has a broken
   think block or no boxed answer (no fenced code block);
+- partly aligned teacher (`teacher_verbose`, opt-in: not in the default corpus): the target's
+  format and granularity (one numbered step per operation, closed think block, boxed answer or
+  fenced function, every answer right) in verbose prose, about three times the target's tokens;
+  the third candidate of the teacher probe (`motif_jax.probe`);
 - `reference`: the target model's own outputs (the aligned style) on fresh problems, the sample
   the style profile is measured on;
 - `heldout`: problems (prompt + answer) per domain and difficulty for greedy-generation accuracy,
@@ -29,6 +33,8 @@ from motif_jax.data.toy_problems import (Problem, code_solution, code_statement,
                                          make_problem, op_phrase, run, slip_op, step_text)
 
 ALIGNED, MISALIGNED, REFERENCE = "teacher_aligned", "teacher_misaligned", "target_reference"
+VERBOSE = "teacher_verbose"  # partly aligned: target format and steps, verbose prose
+TEACHERS = (ALIGNED, VERBOSE, MISALIGNED)  # every teacher, most aligned first
 _CONNECTIVES = ("Next,", "After that,", "Then", "Now", "Moving on,", "Following that,")
 _FILLERS = (
     "Let me double-check this carefully before moving on.",
@@ -140,6 +146,46 @@ def _misaligned_code(problem: Problem, rng: random.Random, cfg: ToyConfig,
   return _think_response(rng, cfg, paragraphs, f"{lead}\n{_fenced(program)}", f"{lead}\n{program}")
 
 
+def verbose_response(problem: Problem, rng: random.Random) -> str:
+  """The target's numbered one-operation steps and final part, each step wrapped in prose."""
+  values = run(problem)
+  lines = []
+  for i in range(problem.difficulty):
+    lead = "First," if i == 0 else rng.choice(_CONNECTIVES)
+    before, after = format_value(values[i]), format_value(values[i + 1])
+    if problem.domain == "code":
+      body = (f"the function has to {op_phrase(problem, i)}, so I write the statement "
+              f"{step_text(problem, i, values[i], values[i + 1])}; on the example it turns "
+              f"{before} into {after}.")
+    else:
+      thing = "running value" if problem.domain == "arith" else "list"
+      body = (f"the problem asks me to {op_phrase(problem, i)}. Working it out carefully, "
+              f"{step_text(problem, i, values[i], values[i + 1])}, so the {thing} is now "
+              f"{after}.")
+    lines.append(f"{i + 1}. {lead} {body}")
+  think = "<think>\n" + "\n".join(lines) + "\n</think>\n"
+  if problem.domain == "code":
+    return think + ("Putting these statements together in order, here is the complete "
+                    f"function:\n{_fenced(code_solution(problem.ops))}")
+  return think + ("Having worked through every operation one at a time, the final answer is "
+                  f"\\boxed{{{format_value(values[-1])}}}.")
+
+
+def teacher_records(cfg: ToyConfig, teacher: str) -> list[Record]:
+  """Every training problem answered by one of `TEACHERS`, in problem order, no duplicates: the
+  same prompts (and, for the misaligned teacher, the same traces) as `corpus`."""
+  if teacher not in TEACHERS:
+    raise ValueError(f"toy teacher {teacher!r} must be one of {TEACHERS}")
+  rng, verbose_rng = _rng(cfg, "teachers"), _rng(cfg, "verbose")
+  out = []
+  for index, problem in enumerate(problems(cfg, "train", cfg.problems)):
+    misaligned = misaligned_response(problem, rng, cfg)
+    response = {ALIGNED: aligned_response, MISALIGNED: lambda _: misaligned,
+                VERBOSE: lambda p: verbose_response(p, verbose_rng)}[teacher](problem)
+    out.append(_record(problem, response, teacher, index))
+  return out
+
+
 def _record(problem: Problem, response: str, source: str, index: int) -> Record:
   """Toy domains carry the reference answer; code carries unit tests instead."""
   code = problem.domain == "code"
@@ -152,11 +198,14 @@ def _record(problem: Problem, response: str, source: str, index: int) -> Record:
 def corpus(cfg: ToyConfig, teachers: tuple[str, ...] = (ALIGNED, MISALIGNED)) -> list[Record]:
   """Every training problem rendered by each of `teachers`, plus duplicates, in a seeded order."""
   rng = _rng(cfg, "teachers")
+  verbose_rng = _rng(cfg, "verbose")  # its own stream: the other teachers' traces do not move
   records = []
   for index, problem in enumerate(problems(cfg, "train", cfg.problems)):
     misaligned = misaligned_response(problem, rng, cfg)  # drawn even if unused: same corpus
     if ALIGNED in teachers:
       records.append(_record(problem, aligned_response(problem), ALIGNED, index))
+    if VERBOSE in teachers:
+      records.append(_record(problem, verbose_response(problem, verbose_rng), VERBOSE, index))
     if MISALIGNED in teachers:
       records.append(_record(problem, misaligned, MISALIGNED, index))
   dup_rng = _rng(cfg, "duplicates")
