@@ -1,30 +1,98 @@
-"""Quickstart: the data-alignment lesson and SFT, end to end on CPU in a few minutes.
+"""Quickstart: data alignment, SFT, then RL, end to end on CPU in about ten minutes.
 
   make quickstart            # = python -m experiments.quickstart --workdir=/tmp/motif_quickstart
 
-1. Generates the toy reasoning corpus (arithmetic and list problems, each answered by an aligned
-   and a misaligned teacher) and runs the alignment filters (format, verification, verbosity,
-   step granularity, style profile, dedup): WORKDIR/data holds kept.jsonl and report.md.
-2. Trains the tiny Motif-architecture model (grouped differential attention, PolyNorm) on the
-   kept traces (configs/sft.py:quickstart): WORKDIR/sft holds checkpoints, metrics.jsonl,
-   TensorBoard events and final params. Re-running resumes from the last checkpoint.
-3. Prints held-out loss and greedy-decoding accuracy per domain and difficulty.
+1. data: generates the toy reasoning corpus (the `small` ladder of arithmetic and list problems,
+   difficulty = 1-4 operations, each answered by an aligned and a misaligned teacher) and runs the
+   alignment filters (format, verification, verbosity, step granularity, style profile, dedup):
+   WORKDIR/data holds kept.jsonl and report.md.
+2. SFT of the tiny Motif-architecture model (grouped differential attention, PolyNorm) on the
+   kept traces (configs/sft.py:quickstart), then greedy accuracy on held-out problems per domain
+   and difficulty: WORKDIR/sft holds checkpoints, metrics.jsonl, TensorBoard events and final/.
+3. RL from the SFT model (configs/rl.py:quickstart: GRPO groups, clip-higher, pass-rate band,
+   replay) and the same held-out evaluation: WORKDIR/rl.
+4. Prints per-tier accuracy before and after RL and writes WORKDIR/summary.json:
+   {"sft": {"arith/d1": accuracy, ...}, "rl": {"arith/d1": accuracy, ...}}.
+
+Re-running resumes: a finished stage is skipped (its accuracies are read back from its
+metrics.jsonl), an interrupted one continues from its last checkpoint.
 """
 
+from __future__ import annotations
+
+import json
 import os
 import time
 
 from absl import app, flags, logging
 
+from configs import rl as rl_config
 from configs import sft as sft_config
-from motif_jax import trainer
+from motif_jax import loop, trainer
 from motif_jax.data import curate, report, toy_corpus
 from motif_jax.data.config import DataConfig
 from motif_jax.launch import distributed
+from motif_jax.rl import trainer as rl_trainer
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/motif_quickstart", "Output directory.")
-_STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0 = the config's 200).")
+_STEPS = flags.DEFINE_integer("steps", 0, "SFT steps (0 = configs/sft.py:quickstart's).")
+_RL_STEPS = flags.DEFINE_integer("rl_steps", 0,
+                                 "RL rollout batches (0 = configs/rl.py:quickstart's).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny corpus and a few steps (seconds; for tests).")
+
+ACCURACY = "eval/accuracy/"  # the Evaluator's per-tier keys: eval/accuracy/<domain>/d<difficulty>
+
+
+def tier_accuracy(eval_metrics: dict[str, float]) -> dict[str, float]:
+  """{"arith/d1": accuracy, ...} from an evaluation's flat `eval/accuracy/<domain>/d<k>` keys,
+  in domain then difficulty order."""
+  tiers = {k[len(ACCURACY):]: float(v) for k, v in eval_metrics.items() if k.startswith(ACCURACY)}
+
+  def order(tier: str) -> tuple[str, int]:
+    domain, _, level = tier.rpartition("/d")
+    return domain, int(level) if level.isdigit() else 0
+
+  return dict(sorted(tiers.items(), key=lambda kv: order(kv[0])))
+
+
+def final_eval(run_dir: str) -> dict[str, float] | None:
+  """The last evaluation a finished run (its final/ params exist) wrote to metrics.jsonl."""
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.isdir(os.path.join(run_dir, loop.FINAL_PARAMS)) or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  evals = [r for r in rows if any(k.startswith(ACCURACY) for k in r)]
+  return evals[-1] if evals else None
+
+
+def table(sft: dict[str, float], rl: dict[str, float] | None, problems: int) -> str:
+  """Per-tier accuracy before and after RL as aligned text."""
+  lines = [f"  {'tier':<10} {'SFT':>6} {'RL':>6} {'change':>7}   ({problems} held-out problems "
+           "per tier, greedy)"]
+  for tier, before in sft.items():
+    after = None if rl is None else rl.get(tier)
+    cells = ("" if after is None else f"{after:6.3f}", "" if after is None
+             else f"{after - before:+7.3f}")
+    lines.append(f"  {tier:<10} {before:6.3f} {cells[0]:>6} {cells[1]:>7}")
+  return "\n".join(lines)
+
+
+def make_configs(smoke: bool, sft_steps: int, rl_steps: int):
+  """SFT and RL configs of one variant; the RL run evaluates exactly as the SFT run does (same
+  held-out problems and budget), so the two accuracies compare."""
+  variant = "smoke" if smoke else "quickstart"
+  sft = sft_config.get_config(f"{variant},steps={sft_steps}")
+  rl = rl_config.get_config(f"{variant},steps={rl_steps}")
+  rl.train.eval_problems = sft.train.eval_problems
+  rl.train.eval_max_new_tokens = sft.train.max_new_tokens
+  return sft, rl
+
+
+def _write_summary(path: str, summary: dict) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(path + ".tmp", path)
 
 
 def main(argv):
@@ -32,32 +100,66 @@ def main(argv):
   distributed.initialize()  # joins a multi-host run when launched with a coordinator
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   start = time.perf_counter()
-  config = sft_config.get_config(f"{'smoke' if _SMOKE.value else 'quickstart'},"
-                                 f"steps={_STEPS.value}")
-  data_dir = os.path.join(_WORKDIR.value, "data")
+  workdir = _WORKDIR.value
+  config, rl_cfg = make_configs(_SMOKE.value, _STEPS.value, _RL_STEPS.value)
+  data_dir, sft_dir, rl_dir = (os.path.join(workdir, d) for d in ("data", "sft", "rl"))
+  summary_path = os.path.join(workdir, "summary.json")
   os.makedirs(data_dir, exist_ok=True)
 
-  print("== 1/3 data: toy corpus from two teachers through the alignment filters")
-  filter_config = config.data.to_dict()
-  filter_config.update(inputs="toy", filter_on_load=True)
-  curation = curate.curate(DataConfig.from_config_dict(filter_config))
-  curate.save(data_dir, curation)
-  toy_corpus.save_splits(data_dir, DataConfig.from_config_dict(filter_config).toy)
-  summary = report.write_report(data_dir, curation)
-  for source, row in summary["by_source"].items():
-    print(f"  {source}: {row['input']} traces, {row['kept']} kept")
-  print(f"  report: {data_dir}/report.md")
+  print("== 1/4 data: toy corpus from two teachers through the alignment filters", flush=True)
+  kept, report_md = os.path.join(data_dir, "kept.jsonl"), os.path.join(data_dir, "report.md")
+  if os.path.exists(report_md):  # written last
+    print(f"  done before: {report_md}")
+  else:
+    filter_config = config.data.to_dict()
+    filter_config.update(inputs="toy", filter_on_load=True)
+    data_cfg = DataConfig.from_config_dict(filter_config)
+    curation = curate.curate(data_cfg)
+    curate.save(data_dir, curation)
+    toy_corpus.save_splits(data_dir, data_cfg.toy)
+    result = report.write_report(data_dir, curation)
+    for source, row in result["by_source"].items():
+      print(f"  {source}: {row['input']} traces, {row['kept']} kept")
+    print(f"  report: {data_dir}/report.md")
 
-  print("== 2/3 SFT of the tiny Motif-architecture model on the kept traces")
-  config.data.inputs = os.path.join(data_dir, "kept.jsonl")
+  problems = config.train.eval_problems
+  print(f"== 2/4 SFT of the tiny Motif-architecture model on the kept traces, then greedy "
+        f"accuracy on {problems} held-out problems per tier", flush=True)
+  config.data.inputs = kept
   config.data.filter_on_load = False
-  result = trainer.train(config, os.path.join(_WORKDIR.value, "sft"))
+  sft_eval = final_eval(sft_dir)
+  if sft_eval is None:
+    result = trainer.train(config, sft_dir)
+    sft_eval = result["eval"]
+    print(f"  trained {result['step']} steps at {result['tokens_per_s']:,.0f} completion "
+          f"tokens/s")
+  else:
+    print(f"  done before: {sft_dir}")
+  summary = {"sft": tier_accuracy(sft_eval)}
+  _write_summary(summary_path, summary)
+  print(table(summary["sft"], None, problems), flush=True)
 
-  print("== 3/3 held-out evaluation (greedy decoding)")
-  for name, value in sorted(result["eval"].items()):
-    print(f"  {name}: {value:.3f}")
-  print(f"trained {result['step']} steps at {result['tokens_per_s']:,.0f} completion tokens/s; "
-        f"total {time.perf_counter() - start:.0f}s; outputs in {_WORKDIR.value}")
+  print(f"== 3/4 RL from the SFT model ({rl_cfg.train.num_steps} rollout batches of "
+        f"{rl_cfg.train.prompts_per_batch} prompts x {rl_cfg.rl.group_size} samples), then "
+        "the same evaluation", flush=True)
+  rl_cfg.rl.init_from = sft_dir
+  rl_eval = final_eval(rl_dir)
+  if rl_eval is None:
+    result = rl_trainer.train(rl_cfg, rl_dir)
+    rl_eval = result["eval"]
+    last = result["rl"]
+    print(f"  {result['step']} rollout batches; last batch: reward "
+          f"{last.get('rollout/reward', float('nan')):.3f}, pass rate "
+          f"{last.get('rollout/pass_rate', float('nan')):.3f}")
+  else:
+    print(f"  done before: {rl_dir}")
+  summary["rl"] = tier_accuracy(rl_eval)
+  _write_summary(summary_path, summary)
+
+  print("== 4/4 held-out greedy accuracy per tier before and after RL")
+  print(table(summary["sft"], summary["rl"], problems))
+  print(f"total {time.perf_counter() - start:.0f}s; summary: {summary_path}; outputs in "
+        f"{workdir}")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,83 @@
-"""`make quickstart`'s entry point runs end to end (smoke size)."""
+"""`make quickstart`'s entry point runs data -> SFT -> RL -> summary.json end to end (smoke size),
+the summary's accuracies are the evaluations' own, and a second run resumes (skips every stage)."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from configs import rl as rl_config
+from configs import sft as sft_config
+from motif_jax.data import toy_corpus
+from motif_jax.data.config import DataConfig
+
 ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
 
 
-def test_quickstart_smoke(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
+def _quickstart(workdir: Path) -> str:
   run = subprocess.run([sys.executable, "-m", "experiments.quickstart", "--smoke",
-                        f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
+                        f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True,
                        text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
-  out = run.stdout
-  assert "teacher_misaligned" in out and "eval/accuracy" in out and "eval/loss" in out
-  assert (tmp_path / "data" / "report.md").exists() and (tmp_path / "data" / "kept.jsonl").exists()
-  assert (tmp_path / "sft" / "final" / "model_config.json").exists()
-  assert (tmp_path / "sft" / "metrics.jsonl").read_text().count("loss/ce") == 4
+  return run.stdout
+
+
+def _last_eval(path: Path) -> dict:
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  return [r for r in rows if "eval/accuracy" in r][-1]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("quickstart")
+  return workdir, _quickstart(workdir)
+
+
+def test_quickstart_smoke_runs_every_stage(smoke_run):
+  workdir, out = smoke_run
+  for stage in ("== 1/4 data", "== 2/4 SFT", "== 3/4 RL", "== 4/4 held-out"):
+    assert stage in out
+  assert "teacher_misaligned" in out and "arith/d1" in out
+  assert (workdir / "data" / "report.md").exists() and (workdir / "data" / "kept.jsonl").exists()
+  assert (workdir / "sft" / "final" / "model_config.json").exists()
+  assert (workdir / "sft" / "metrics.jsonl").read_text().count("loss/ce") == 4
+  assert (workdir / "rl" / "final" / "model_config.json").exists()
+  assert (workdir / "rl" / "metrics.jsonl").read_text().count("rl/reward") == 2
+
+
+def test_summary_holds_each_evaluations_per_tier_accuracy(smoke_run):
+  workdir, _ = smoke_run
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert set(summary) == {"sft", "rl"}
+  toy = DataConfig.from_config_dict(sft_config.get_config("smoke").data).toy
+  tiers = [f"{d}/d{k}" for d in toy.domains for k in range(toy.min_steps, toy.max_steps + 1)]
+  for stage in ("sft", "rl"):
+    assert list(summary[stage]) == tiers  # domain, then difficulty order
+    evaluation = _last_eval(workdir / stage / "metrics.jsonl")
+    assert summary[stage] == {t: evaluation[f"eval/accuracy/{t}"] for t in tiers}
+    assert all(0.0 <= v <= 1.0 for v in summary[stage].values())
+
+
+def test_rerun_resumes_without_training_again(smoke_run):
+  workdir, _ = smoke_run
+  before = (workdir / "summary.json").read_text()
+  lines = {s: (workdir / s / "metrics.jsonl").read_text() for s in ("sft", "rl")}
+  out = _quickstart(workdir)
+  assert out.count("done before") == 3  # data, SFT, RL
+  assert (workdir / "summary.json").read_text() == before
+  assert {s: (workdir / s / "metrics.jsonl").read_text() for s in ("sft", "rl")} == lines
+
+
+def test_rl_stage_starts_from_the_sft_ladder_and_model():
+  """RL's prompts and held-out set are SFT's toy ladder; its model is the one SFT trains."""
+  for variant in ("smoke", "quickstart"):
+    sft, rl = sft_config.get_config(variant), rl_config.get_config(variant)
+    assert rl.data.toy.to_dict() == sft.data.toy.to_dict()
+    assert rl.model.to_dict() == sft.model.to_dict()
+  quick = DataConfig.from_config_dict(sft_config.get_config("quickstart").data).toy
+  assert quick.ladder == "small" and (quick.min_steps, quick.max_steps) == (1, 4)
+  assert len(toy_corpus.heldout(quick)) == 2 * 4 * quick.heldout_per_difficulty
