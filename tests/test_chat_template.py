@@ -183,3 +183,12 @@ def test_unusable_templates_are_refused(model_dirs, tmp_path):
   no_eos = _write_model_dir(tmp_path / "no_eos", QWEN3_STYLE, "<|eot_id|>", None)
   with pytest.raises(ValueError, match="without the eos token '<\\|eot_id\\|>'"):
     ChatTemplate(kind="hf", path=str(no_eos))
+
+
+def test_tokenizer_path_may_be_the_model_directory(model_dirs, tmp_path):
+  directory = model_dirs["tiny"]
+  text = ChatTemplate(kind="hf", path=str(directory)).prompt("What is 2+2?")
+  assert HFTokenizer(str(directory)).encode(text) == HFTokenizer(
+      str(directory / "tokenizer.json")).encode(text)
+  with pytest.raises(ValueError, match="data.tokenizer=.*no such tokenizer.json"):
+    HFTokenizer(str(tmp_path))

@@ -9,6 +9,7 @@ tags), so the default template needs 256 + 7 = 263 ids and fits the tiny model's
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Protocol
@@ -66,12 +67,16 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-  """A Hugging Face `tokenizers` tokenizer loaded from a local `tokenizer.json`."""
+  """A Hugging Face `tokenizers` tokenizer loaded from a local `tokenizer.json` (or the model
+  directory holding it)."""
 
   def __init__(self, path: str):
     import tokenizers  # noqa: PLC0415 (only needed for real tokenizers)
     self.path = path
-    self._tok = tokenizers.Tokenizer.from_file(path)
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+      raise ValueError(f"data.tokenizer={path!r}: no such tokenizer.json")
+    self._tok = tokenizers.Tokenizer.from_file(file)
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
   def encode(self, text: str) -> list[int]:
@@ -92,7 +97,8 @@ class HFTokenizer:
 
 
 def load_tokenizer(path: str | None, special_tokens: Sequence[str]) -> Tokenizer:
-  """`path` ''/None -> ByteTokenizer(special_tokens); otherwise the tokenizer.json at `path`."""
+  """`path` ''/None -> ByteTokenizer(special_tokens); otherwise the tokenizer.json at `path` (a
+  file, or a model directory holding one)."""
   if not path:
     return ByteTokenizer(special_tokens)
   tokenizer = HFTokenizer(path)
