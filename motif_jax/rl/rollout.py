@@ -27,11 +27,12 @@ from motif_jax.rl.replay import Trajectory
 
 
 def completion_text(ids: np.ndarray, finished: bool, tokenizer, template) -> str:
-  """The response as Record.response holds it: the prompt's think tag + decoded tokens, without
-  the stop token; ids beyond the tokenizer (padded model vocabulary) decode to nothing."""
+  """The response as Record.response holds it: the prompt's think tag (when the prompt ends with
+  one: `template.opens_think`) + decoded tokens, without the stop token; ids beyond the tokenizer
+  (padded model vocabulary) decode to nothing."""
   body = ids[:-1] if finished else ids
-  return template.think_open + tokenizer.decode([int(i) for i in body
-                                                 if i < tokenizer.vocab_size])
+  prefix = template.think_open if template.opens_think else ""
+  return prefix + tokenizer.decode([int(i) for i in body if i < tokenizer.vocab_size])
 
 
 @dataclasses.dataclass(frozen=True)
