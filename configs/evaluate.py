@@ -11,10 +11,13 @@ difficulty (motif_jax/evaluation.py, motif_jax/eval_run.py).
 
 `checkpoint` is a params directory (model_config.json + params/, as experiments.convert writes)
 or a run workdir holding one in final/ (experiments.sft). `data` is `toy` (the toy held-out
-problems, `toy` section) or JSONL/Parquet records with a `prompt`, a `domain` and an `answer` or
-`tests` (a `response` is not needed). The workdir receives eval.json, eval.md, samples.jsonl,
-accuracy_by_difficulty.png and response_lengths.png; a rerun resumes (prompts already in
-samples.jsonl are not sampled again).
+problems, `toy` section) or JSONL/Parquet prompt records with an `answer` or `tests` (no
+response needed) in any record format: chat `messages` ending in the user's turn, `prompt`, or
+other fields through `fields` (`--config.fields.prompt=problem`); `format`, `fields`,
+`default_domain` and `default_source` mean what data.* means in configs/sft.py. The workdir
+receives eval.json (with each prompt file's parse counts under "inputs"), eval.md,
+samples.jsonl, accuracy_by_difficulty.png and response_lengths.png; a rerun resumes (prompts
+already in samples.jsonl are not sampled again).
 
 Variants: smoke (6 toy prompts x 2 samples of 16 tokens: seconds on CPU), greedy (1 sample at
 temperature 0: pass@1 = greedy accuracy).
@@ -32,6 +35,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = "toy"  # toy | comma-separated JSONL/Parquet paths or globs
   config.max_prompts = 0  # evaluate the first N prompts only; 0 = all
   data = common.data()
+  # How data files are read: as data.* in configs/sft.py (motif_jax/data/formats.py), as prompt
+  # sets (no response needed); format=auto|record|messages|prompt_completion
+  config.format = data.format
+  config.fields = data.fields
+  config.default_domain = data.default_domain  # "" = the file name's stem
+  config.default_source = data.default_source
   config.toy = data.toy  # the held-out problems when data=toy
   config.toy.domains = "arith,lists,code"
   config.tokenizer = ""  # "" = byte-level; else a Hugging Face tokenizer.json (imported models)

@@ -9,6 +9,7 @@ is sampled again, its partial rows dropped).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -20,9 +21,9 @@ import jax
 
 from motif_jax import checkpoint, evaluation, typed_config
 from motif_jax import sharding as shd
-from motif_jax.data import sources, toy_corpus
-from motif_jax.data.config import ToyConfig
-from motif_jax.data.records import InvalidRecord, Record, parse_record
+from motif_jax.data import formats, sources, toy_corpus
+from motif_jax.data.config import FieldsConfig, ToyConfig
+from motif_jax.data.records import ParseCounts, Record
 from motif_jax.data.template import ChatTemplate
 from motif_jax.data.tokenizer import load_tokenizer
 from motif_jax.rl import rewards
@@ -30,8 +31,8 @@ from motif_jax.rl import rewards
 SAMPLES, RESULT, REPORT, CONFIG = "samples.jsonl", "eval.json", "eval.md", "config.json"
 FINAL_PARAMS = "final"  # where experiments.sft puts a run's final params
 # Sections whose change makes earlier samples incomparable.
-_RESUME_KEYS = ("checkpoint", "data", "max_prompts", "toy", "tokenizer", "template", "eval",
-                "rewards")
+_RESUME_KEYS = ("checkpoint", "data", "format", "fields", "default_domain", "default_source",
+                "max_prompts", "toy", "tokenizer", "template", "eval", "rewards")
 
 
 def params_dir(path: str) -> Path:
@@ -48,32 +49,52 @@ def params_dir(path: str) -> Path:
                    f"{checkpoint.PARAMS_DIR}/, or a run workdir with {FINAL_PARAMS}/)")
 
 
-def read_prompts(patterns: str) -> list[Record]:
-  """Records from JSONL/Parquet files: prompt, domain and answer or tests; response optional."""
-  records, invalid = [], {}
-  for path in sources.expand_paths([p.strip() for p in patterns.split(",") if p.strip()]):
-    for raw in sources.iter_raw(path):
-      try:
-        item = json.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw)
-        if not isinstance(item, dict):
-          raise InvalidRecord("not_an_object")
-        item.setdefault("source", os.path.basename(path))
-        item["response"] = item.get("response") or "-"  # prompts need no response
-        records.append(parse_record(item))
-      except (InvalidRecord, json.JSONDecodeError, UnicodeDecodeError) as e:
-        reason = getattr(e, "reason", "malformed_json")
-        invalid[reason] = invalid.get(reason, 0) + 1
-  if not records:
-    raise ValueError(f"data={patterns}: no valid prompt record ({invalid or 'no rows'})")
+def read_prompt_files(patterns: str, spec: formats.ReadSpec = formats.NATIVE
+                      ) -> tuple[list[Record], dict[str, ParseCounts]]:
+  """Prompt records of comma-separated JSONL/Parquet/ArrayRecord paths or globs, in any record
+  format `spec` reads (motif_jax/data/formats.py) as a prompt set: a prompt and an answer or
+  tests, the response optional (`response=""` without one). Malformed items are counted per file
+  and reason; a missing file, or one without a valid prompt record, is a one-line error."""
+  paths = [p.strip() for p in patterns.split(",") if p.strip()]
+  if not paths:
+    raise ValueError(f"no prompt file named ({patterns!r})")
+  return sources.read_records(paths, dataclasses.replace(spec, prompt_only=True))
+
+
+def read_prompts(patterns: str, spec: formats.ReadSpec = formats.NATIVE, *,
+                 log: Callable[[str], None] | None = None) -> list[Record]:
+  """`read_prompt_files`' records; `log` gets one line per file with its parse counts."""
+  records, counts = read_prompt_files(patterns, spec)
+  for path, count in counts.items() if log is not None else ():
+    log(count_line(path, count.to_json()))
   return records
 
 
-def load_records(config) -> list[Record]:
+def count_line(path: str, count: dict[str, Any]) -> str:
+  """`p.jsonl: 5 prompt records, invalid {'missing_answer_and_tests': 1}` (ParseCounts JSON)."""
+  return f"{path}: {count['valid']} prompt records, invalid {count['invalid'] or 'none'}"
+
+
+def read_spec(config) -> formats.ReadSpec:
+  """How `config.data` files are read: `format`, `fields`, `default_domain`, `default_source`
+  (as data.* of the training configs) and the template's think markers."""
+  return formats.ReadSpec(format=config.format,
+                          fields=typed_config.build(FieldsConfig, config.fields, "fields"),
+                          default_domain=config.default_domain,
+                          default_source=config.default_source,
+                          think_open=config.template.think_open,
+                          think_close=config.template.think_close, prompt_only=True)
+
+
+def load_records(config) -> tuple[list[Record], dict[str, dict]]:
+  """The prompts to evaluate and the parse counts of each prompt file ({} for toy)."""
   if config.data == "toy":
     records = toy_corpus.heldout_records(typed_config.build(ToyConfig, config.toy, "toy"))
+    counts = {}
   else:
-    records = read_prompts(config.data)
-  return records[:config.max_prompts] if config.max_prompts else records
+    records, counts = read_prompt_files(config.data, read_spec(config))
+  records = records[:config.max_prompts] if config.max_prompts else records
+  return records, {path: count.to_json() for path, count in counts.items()}
 
 
 def _read_samples(path: Path, num_samples: int) -> list[dict]:
@@ -106,7 +127,9 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict[str
   """Evaluate `config.checkpoint` on `config.data`; returns what eval.json holds."""
   workdir_path = Path(workdir).absolute()
   source = params_dir(config.checkpoint)
-  records = load_records(config)
+  records, inputs = load_records(config)
+  for path, count in inputs.items():
+    log(count_line(path, count))
   eval_cfg = typed_config.build(evaluation.EvalConfig, config.eval, "eval")
   reward_cfg = typed_config.build(rewards.RewardConfig, config.rewards, "rewards")
   template = typed_config.build(ChatTemplate, config.template, "template")
@@ -135,7 +158,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict[str
                                                               for r in records})
   out = {**metrics, "config": json.loads(config.to_json_best_effort()),
          "checkpoint": str(source), "seconds": round(time.perf_counter() - start, 2),
-         "sampled_prompts": todo}
+         "sampled_prompts": todo, "inputs": inputs}
   (workdir_path / RESULT).write_text(json.dumps(out, indent=2))
   (workdir_path / REPORT).write_text(to_markdown(out))
   plot(workdir_path, metrics, rows)

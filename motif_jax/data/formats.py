@@ -19,6 +19,11 @@ source are top-level fields named by `data.fields`; a missing domain or source t
 `data.default_domain` / `data.default_source`, else the input file name's stem. Other fields go
 to `meta`. A record still needs an answer or tests (the verify filter checks against them).
 
+Prompt sets (evaluation, RL: `ReadSpec.prompt_only`) need no response: an item without one reads
+with `response=""` - a flat prompt with no response field, a prompt/completion item with no
+completion, a `messages` list ending in the user's turn, or TRL's conversational prompt-only
+shape `{"prompt": [system..., user]}`. An item that has a response keeps it.
+
 Malformed items raise `InvalidRecord(reason)`; the readers count them per file and reason.
 Reasons name the input field that was looked for (`missing_problem` when fields.prompt=problem).
 """
@@ -46,10 +51,11 @@ class ReadSpec:
   default_source: str  # "" = the file name's stem
   think_open: str
   think_close: str
+  prompt_only: bool = False  # a prompt set: the response is optional (module docstring)
 
   def __post_init__(self):
     if self.format not in RECORD_FORMATS:
-      raise ValueError(f"data.format={self.format!r} must be one of {RECORD_FORMATS}")
+      raise ValueError(f"format={self.format!r} must be one of {RECORD_FORMATS}")
 
 
 # The project's own record shape, detected formats, no renamed fields: what `sources` reads by
@@ -107,8 +113,10 @@ def _content(message: Mapping[str, Any]) -> str:
   return "" if content is None else content
 
 
-def _split_turns(messages: Any, fields: FieldsConfig) -> tuple[str, str, Mapping[str, Any]]:
-  """Chat turns -> (system text, user text, assistant turn): system*, user, assistant."""
+def _split_turns(messages: Any, fields: FieldsConfig, prompt_only: bool
+                 ) -> tuple[str, str, Mapping[str, Any] | None]:
+  """Chat turns -> (system text, user text, assistant turn): system*, user, assistant; in a
+  prompt set the assistant turn may be missing (None)."""
   if messages is None:
     raise InvalidRecord(f"missing_{fields.messages}")
   if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
@@ -120,21 +128,38 @@ def _split_turns(messages: Any, fields: FieldsConfig) -> tuple[str, str, Mapping
   if any(r in SYSTEM_ROLES for r in roles[first_turn:]):
     raise InvalidRecord("system_after_user")
   turns = roles[first_turn:]
-  if not turns or turns[-1] != "assistant":
-    raise InvalidRecord("missing_assistant")
-  if turns != ["user", "assistant"]:
+  prompt_alone = prompt_only and turns[-1:] == ["user"]
+  if not prompt_alone and turns[-1:] != ["assistant"]:
+    raise InvalidRecord("missing_user" if prompt_only and not turns else "missing_assistant")
+  if turns != (["user"] if prompt_alone else ["user", "assistant"]):
     # One exchange per Record: a history has no place in it (nor in the chat template).
     raise InvalidRecord("missing_user" if "user" not in turns else "multi_turn")
   system = "\n\n".join(text(_content(m), "system") for m in messages[:first_turn])
-  return system, text(_content(messages[first_turn]), "user"), messages[first_turn + 1]
+  user = text(_content(messages[first_turn]), "user")
+  return system, user, None if prompt_alone else messages[first_turn + 1]
 
 
 def _from_turns(messages: Any, fields: FieldsConfig,
                 spec: ReadSpec) -> tuple[str, str, dict[str, Any]]:
-  system, prompt, assistant = _split_turns(messages, fields)
-  response = with_think(_reasoning(assistant, fields), text(_content(assistant), "assistant"),
-                        spec)
+  system, prompt, assistant = _split_turns(messages, fields, spec.prompt_only)
+  response = "" if assistant is None else with_think(
+      _reasoning(assistant, fields), text(_content(assistant), "assistant"), spec)
   return prompt, response, {"system": system} if system else {}
+
+
+def _prompt_alone(prompt: Any, spec: ReadSpec) -> tuple[str, str, dict[str, Any]]:
+  """A prompt set's prompt field with no response: text, or turns ending in the user's (TRL's
+  conversational prompt-only shape)."""
+  if isinstance(prompt, list):
+    user, response, meta = _from_turns(prompt, spec.fields, spec)
+    if response:
+      raise InvalidRecord(f"assistant_in_{spec.fields.prompt}")
+    return user, "", meta
+  return text(prompt, spec.fields.prompt), "", {}
+
+
+def _absent(value: Any) -> bool:
+  return value is None or value == "" or value == []
 
 
 def _messages(item: Mapping[str, Any], spec: ReadSpec) -> tuple[str, str, dict, tuple[str, ...]]:
@@ -147,6 +172,8 @@ def _prompt_completion(item: Mapping[str, Any],
   fields = spec.fields
   prompt, completion = item.get(fields.prompt), item.get(fields.completion)
   consumed = (fields.prompt, fields.completion, *fields.reasoning)
+  if spec.prompt_only and _absent(completion):
+    return (*_prompt_alone(prompt, spec), consumed)
   if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational shape
     if not isinstance(prompt, list) or not isinstance(completion, list):
       raise InvalidRecord(f"bad_type_{fields.completion}")
@@ -158,10 +185,13 @@ def _prompt_completion(item: Mapping[str, Any],
 
 def _flat(item: Mapping[str, Any], spec: ReadSpec) -> tuple[str, str, dict, tuple[str, ...]]:
   fields = spec.fields
+  consumed = (fields.prompt, fields.response, *fields.reasoning)
+  if spec.prompt_only and _absent(item.get(fields.response)):
+    return (*_prompt_alone(item.get(fields.prompt), spec), consumed)
   prompt = text(item.get(fields.prompt), fields.prompt)
   response = text(item.get(fields.response), fields.response)
   response = with_think(_reasoning(item, fields), response, spec)
-  return prompt, response, {}, (fields.prompt, fields.response, *fields.reasoning)
+  return prompt, response, {}, consumed
 
 
 _READERS = {"messages": _messages, "prompt_completion": _prompt_completion, "record": _flat}

@@ -88,7 +88,7 @@ def read_file(path: str, spec: formats.ReadSpec = formats.NATIVE
   counts.valid = len(records)
   if not records:
     found = dict(counts.invalid) or "the file is empty"
-    raise ValueError(f"{path}: no valid record ({found})")
+    raise ValueError(f"{path}: no valid {'prompt ' if spec.prompt_only else ''}record ({found})")
   return records, counts
 
 

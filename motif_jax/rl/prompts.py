@@ -59,7 +59,7 @@ def make_pool(records: Sequence[Record], domains: Sequence[str], tokenizer, temp
   if unverifiable:
     raise ValueError(f"train.prompts: record {unverifiable[0]} has neither an answer nor tests")
   return PromptPool(tuple(records),
-                    tuple(np.asarray(tokenizer.encode(template.prompt(r.prompt)), np.int32)
+                    tuple(np.asarray(tokenizer.encode(template.record_prompt(r)), np.int32)
                           for r in records),
                     np.array([index[r.domain] for r in records], np.int64))
 

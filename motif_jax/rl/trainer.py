@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding
 
 from motif_jax import checkpoint, eval_run, evaluation, loop, typed_config
 from motif_jax import sharding as shd
-from motif_jax.data import curate
+from motif_jax.data import curate, formats
 from motif_jax.data.config import DataConfig
 from motif_jax.model import ModelConfig, validate_sharding
 from motif_jax.optim import OptimConfig, make_optimizer
@@ -146,8 +146,8 @@ class HostState:
 
 
 def load_pool(run: RLRunConfig, tokenizer) -> prompts.PromptPool:
-  records = (prompts.toy_prompts(run.data.toy) if run.train.prompts == "toy"
-             else eval_run.read_prompts(run.train.prompts))
+  records = (prompts.toy_prompts(run.data.toy) if run.train.prompts == "toy" else
+             eval_run.read_prompts(run.train.prompts, formats.read_spec(run.data)))
   return prompts.make_pool(records, run.rl.domain_names, tokenizer, run.data.template)
 
 
