@@ -21,6 +21,7 @@ from motif_jax.data.records import Record
 from motif_jax.data.template import ChatTemplate
 from motif_jax.data.tokenizer import HFTokenizer
 from motif_jax.interop import make_tiny_hf
+from motif_jax.rl import rollout
 
 transformers = pytest.importorskip("transformers")
 
@@ -144,6 +145,7 @@ def test_think_markers(model_dirs, name, opens_think):
   assert completion.startswith("<think>") != opens_think
   ids = np.asarray(tokenizer.encode(completion))
   text = evaluation._completion_text(ids, len(ids), True, tokenizer, template)
+  assert rollout.completion_text(ids, True, tokenizer, template) == text  # RL reads it alike
   trace = traces.split_trace(text, template, TraceConfig(r"\n+", r"^\s*\d+[.)]"))
   assert trace.has_think and trace.think_closed
   assert "35 + 1 = 36" in trace.think and "\\boxed{36}" in trace.final
