@@ -160,14 +160,35 @@ def test_resume_from_the_checkpoint_is_exact(straight, sft_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_in_a_fresh_process_is_exact(straight, sft_dir, tmp_path):
-  """As above, the second half in a fresh `python -m experiments.rl` process."""
+def test_resume_in_a_fresh_process_after_a_crash_during_save_is_exact(straight, sft_dir,
+                                                                      tmp_path):
+  """STEPS/2 batches here; a process that resumes, runs the rest and is killed while committing
+  the last checkpoint; then a fresh `python -m experiments.rl` resumes from STEPS/2 and
+  finishes: the same run as the uninterrupted one."""
   straight_dir, _ = straight
   workdir = tmp_path / "split"
   rl_trainer.train(rl_smoke_config(str(sft_dir), STEPS // 2), str(workdir), log=lambda _: None)
+  argv = [*_overrides(str(sft_dir), STEPS), f"--workdir={workdir}"]
+  crash = PARITY + textwrap.dedent(f"""
+      import os, signal, sys
+      from orbax.checkpoint._src.path import async_path
+      async def killed_rename(src, dst):
+        os.kill(os.getpid(), signal.SIGKILL)  # die with the last step's files written, uncommitted
+      async_path.rename = killed_rename
+      sys.argv = ["rl", *{argv!r}]
+      from absl import app
+      from experiments import rl
+      app.run(rl.main)
+  """)
+  killed = subprocess.run([sys.executable, "-c", crash], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+  assert killed.returncode == -9, killed.stderr[-3000:]
+  ckpt = checkpoint.TrainCheckpointer(workdir / "checkpoints", keep=3)
+  assert ckpt.latest_step() == STEPS // 2
+  ckpt.close()
   script = PARITY + textwrap.dedent(f"""
       import sys
-      sys.argv = ["rl", *{_overrides(str(sft_dir), STEPS)!r}, "--workdir={workdir}"]
+      sys.argv = ["rl", *{argv!r}]
       from absl import app
       from experiments import rl
       app.run(rl.main)
