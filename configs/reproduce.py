@@ -89,7 +89,14 @@ def memory_run(smoke: bool) -> ml_collections.ConfigDict:
 def probe_run(smoke: bool) -> ml_collections.ConfigDict:
   """experiments.probe_teachers on the three toy teachers (configs/probe.py)."""
   from configs import probe  # noqa: PLC0415 (the probe, issue 19, may be absent)
-  return probe.get_config("smoke" if smoke else None)
+  config = probe.get_config("smoke" if smoke else None)
+  if smoke:  # seconds, not minutes: a barely trained student, one short epoch per teacher
+    config.student_sft.train.num_steps = 10
+    config.student_sft.optim.decay_steps = 10
+    config.data.toy.heldout_per_difficulty = 1
+    config.probe.update(dict(epochs=1, token_budget=1000))
+    config.eval.update(dict(num_samples=2, max_new_tokens=32))
+  return config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

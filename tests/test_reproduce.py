@@ -207,7 +207,9 @@ def test_resume_reuses_a_finished_part(tmp_path):
   stamp = memory_json.stat().st_mtime_ns
   second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert second.returncode == 0, second.stderr[-3000:]
-  assert "skip" in second.stdout and "launching" not in second.stdout
+  # The single memory run goes beside the other phases, as its own sweep process.
+  sweep_log = (workdir / "memory" / "sweep_log.txt").read_text()
+  assert sweep_log.count("launching 1 of 1") == 1 and "skip" in sweep_log
   assert memory_json.stat().st_mtime_ns == stamp  # not run again
   md = (workdir / "report.md").read_text()
   assert "**supported**" in md and "## 6. Memory" in md
@@ -236,3 +238,5 @@ def test_smoke_study_end_to_end_and_resume(tmp_path):
   assert all(p["status"] == "done" for ps in saved["results"]["phases"].values() for p in ps)
   second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert second.returncode == 0 and "launching" not in second.stdout
+  for log in workdir.glob("*/sweep_log.txt"):  # the single-run phases' own sweep processes
+    assert log.read_text().count("launching") == 1
