@@ -94,10 +94,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       num_steps=num_steps,  # rollout batches
       prompts_per_batch=16,  # prompts per rollout batch (x rl.group_size trajectories)
-      # Update batch: first-fit packed rows; 2 trajectories of the longest prompt + the full
-      # budget fit a row, so prompts_per_batch x group_size / 2 rows always suffice.
-      rows=64,
-      seq_len=1536,  # tokens per row
+      # Update batch: first-fit packed rows. rows x (seq_len // (longest prompt + max_new_tokens))
+      # >= prompts_per_batch x group_size holds any batch (else a start-up warning; what does not
+      # fit is left out, pack/dropped). One worst-case trajectory per row: attention is
+      # quadratic in the row.
+      rows=128,
+      seq_len=768,  # tokens per row
       max_new_tokens=448,  # completion budget
       max_refills=4,  # extra sampler calls per batch when the online filter drops groups
       prompts="toy",  # toy = data.toy's training problems | JSONL/Parquet prompt records with
@@ -114,8 +116,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.ckpt = ml_collections.ConfigDict(dict(every=50, keep=3, async_save=True))
   if args.motif:
     config.rl.domains = "math,code"
+    # 2 trajectories per 64K row: prompts up to 2,048 tokens + 30,720 completion tokens.
     config.train.update(dict(prompts_per_batch=256, rows=1024, seq_len=65536,
-                             max_new_tokens=32768, eval_max_new_tokens=32768,
+                             max_new_tokens=30720, eval_max_new_tokens=30720,
                              prompts="", eval_problems=0, num_microbatches=16,
                              loss_impl="pallas"))  # prompts: pass your math/code records
   if args.quickstart:

@@ -100,3 +100,16 @@ def test_pack_trajectories_aligns_completion_log_probs_with_their_targets():
     pack_trajectories([a, b, c], rows=1, seq_len=6)
   with pytest.raises(ValueError, match="needs 4 positions; rows hold seq_len=3"):
     pack_trajectories([a], rows=4, seq_len=3)
+
+
+def test_first_fit_leaves_out_exactly_what_does_not_fit():
+  from motif_jax.rl.packing import first_fit, pack_trajectories
+  a = _t([5, 6], [7, 8, 9], [-.1, -.2, -.3], 1.5)  # 4 positions
+  b = _t([1], [2, 3], [-.4, -.5], -0.5)  # 2
+  c = _t([4, 4], [3, 3, 3], [-.6] * 3, 2.0)  # 4: no room left after a and b in one row of 6
+  d = _t([4], [3], [-.7], 0.0)  # 1: also fits nowhere (row 0 is full)
+  kept, dropped = first_fit([a, b, c, d], rows=1, seq_len=6)
+  assert [t.advantage for t in kept] == [1.5, -0.5] and dropped == 2
+  pack_trajectories(kept, rows=1, seq_len=6)  # the kept ones pack
+  kept, dropped = first_fit([a, b, c, d], rows=2, seq_len=6)  # c and d share row 1
+  assert len(kept) == 4 and dropped == 0

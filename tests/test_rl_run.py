@@ -51,7 +51,8 @@ def _overrides(init_from: str, num_steps: int) -> list[str]:
   """The test config as command-line flags (rl_smoke_config applies the same). No warmup and
   a constant LR (configs/rl.py: final_lr_ratio=1), so a shorter run follows the same LR."""
   return ["--config=configs/rl.py:smoke", f"--config.rl.init_from={init_from}",
-          f"--config.train.num_steps={num_steps}", "--config.optim.warmup_steps=0", "--config.optim.learning_rate=0.01",
+          f"--config.train.num_steps={num_steps}", "--config.optim.warmup_steps=0",
+          "--config.optim.learning_rate=0.01",
           "--config.rl.kl_coef=0.01", "--config.rl.max_staleness=1",
           "--config.rewards.terms.arith=parity", "--config.rewards.terms.lists=parity",
           "--config.train.eval_problems=0"]

@@ -24,6 +24,21 @@ _INT_KEYS = ("tokens", "targets", "segment_ids", "positions", "loss_mask", "sequ
 _FLOAT_KEYS = ("advantages", "behaviour_logprobs", "rewards", "passed", "truncated")
 
 
+def first_fit(trajectories: Sequence[Trajectory], *, rows: int, seq_len: int
+              ) -> tuple[list[Trajectory], int]:
+  """(the trajectories `pack_trajectories` can place, in order; how many do not fit). A batch of
+  unusually long completions can overflow rows sized for typical ones: those are left out."""
+  fill = np.zeros(rows, np.int64)
+  kept = []
+  for t in trajectories:
+    n = len(t.prompt_tokens) + len(t.completion_tokens) - 1
+    free = np.flatnonzero(fill + n <= seq_len)
+    if free.size:
+      fill[free[0]] += n
+      kept.append(t)
+  return kept, len(trajectories) - len(kept)
+
+
 def pack_trajectories(trajectories: Sequence[Trajectory], *, rows: int, seq_len: int
                       ) -> dict[str, np.ndarray]:
   """First-fit packing; raises when a trajectory is longer than a row or the rows are full."""

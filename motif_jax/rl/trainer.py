@@ -44,7 +44,7 @@ from motif_jax.model import ModelConfig, validate_sharding
 from motif_jax.optim import OptimConfig, make_optimizer
 from motif_jax.rl import balance, filtering, prompts, rewards, rollout
 from motif_jax.rl.config import RLConfig
-from motif_jax.rl.packing import pack_trajectories
+from motif_jax.rl.packing import first_fit, pack_trajectories
 from motif_jax.rl.replay import ReplayBuffer
 from motif_jax.rl.step import RLStepConfig, jit_old_logprobs, jit_rl_step, rl_updates
 from motif_jax.train_state import TrainState, init_train_state
@@ -151,6 +151,23 @@ def load_pool(run: RLRunConfig, tokenizer) -> prompts.PromptPool:
   return prompts.make_pool(records, run.rl.domain_names, tokenizer, run.data.template)
 
 
+def check_capacity(run: RLRunConfig, longest_prompt: int, log: Callable[[str], None]) -> None:
+  """A row must hold the longest possible trajectory; rows that may not hold a whole batch of
+  them are allowed (typical completions are shorter), with a warning: what does not fit is left
+  out of the update and counted in pack/dropped."""
+  longest = longest_prompt + run.train.max_new_tokens - 1  # positions of the longest trajectory
+  per_row = run.train.seq_len // longest
+  needed = run.train.prompts_per_batch * run.rl.group_size
+  if per_row == 0:
+    raise ValueError(f"train.seq_len={run.train.seq_len} cannot hold the longest prompt plus "
+                     f"train.max_new_tokens ({longest} positions)")
+  if run.train.rows * per_row < needed:
+    average = run.train.rows * run.train.seq_len // needed
+    log(f"warning: train.rows={run.train.rows} x train.seq_len={run.train.seq_len} hold "
+        f"{needed} trajectories only if they average under {average} positions (up to "
+        f"{longest}); rows >= {-(-needed // per_row)} hold any batch")
+
+
 def train(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:
   """Run (or resume) RL as `config` says (configs/rl.py); returns the SFT trainer's summary keys
   plus "rl" (the last step's RL metrics)."""
@@ -183,10 +200,7 @@ def _train(run: RLRunConfig, workdir: Path, mesh, log: Callable) -> dict:
       step_cfg, run.optim, run.train.seed, mesh)
   tokenizer = curate.make_tokenizer(run.data)
   pool = load_pool(run, tokenizer)
-  longest = max(len(t) for t in pool.prompt_tokens) + run.train.max_new_tokens - 1
-  if longest > run.train.seq_len:
-    raise ValueError(f"train.seq_len={run.train.seq_len} cannot hold the longest prompt plus "
-                     f"train.max_new_tokens ({longest} positions)")
+  check_capacity(run, max(len(t) for t in pool.prompt_tokens), log)
   evaluator = evaluation.Evaluator(run.data, run.model, eval_problems=run.train.eval_problems,
                                    max_new_tokens=run.train.eval_max_new_tokens, mesh=mesh,
                                    batch_sharding=batch_sharding)
@@ -280,6 +294,8 @@ class _RLStep:
     self.host.replay.add(trajectories[counts["replay/fresh"]:])  # unused fresh: for later
     m.update(counts)
     m["replay/size"] = len(self.host.replay.items)
+    batch_t, m["pack/dropped"] = first_fit(batch_t, rows=self.run.train.rows,
+                                           seq_len=self.run.train.seq_len)
     t1 = time.perf_counter()
     state, updates = rl_updates(self.step_fn, state, self._device_batch(batch_t),
                                 cfg=self.cfg, old_logprobs_fn=self.old_logprobs_fn)
@@ -350,11 +366,8 @@ class _RLStep:
     return balance.allocate(self.run.train.prompts_per_batch, self._weights())
 
   def _device_batch(self, trajectories) -> dict[str, jax.Array]:
-    try:
-      batch = pack_trajectories(trajectories, rows=self.run.train.rows,
-                                seq_len=self.run.train.seq_len)
-    except ValueError as e:
-      raise ValueError(f"{e}: raise train.rows or train.seq_len") from None
+    batch = pack_trajectories(trajectories, rows=self.run.train.rows,
+                              seq_len=self.run.train.seq_len)
     out = {k: jax.make_array_from_callback(v.shape, self.batch_sharding,
                                            lambda idx, v=v: v[idx]) for k, v in batch.items()}
     if self.ref_params is not None:
