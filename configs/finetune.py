@@ -5,12 +5,12 @@
 variant takes the model from there, tokenizes with its tokenizer and renders with its own chat
 template (data.template.kind=hf), so nothing about the model is typed twice:
 
-  python -m experiments.sft --config=configs/finetune.py:base=/tmp/own/base,data=/tmp/own/train.jsonl \
-      --workdir=/tmp/own/sft
-  python -m experiments.rl --config=configs/finetune.py:rl,base=/tmp/own/base,init=/tmp/own/sft,data=/tmp/own/prompts.jsonl \
-      --workdir=/tmp/own/rl
-  python -m experiments.evaluate --config=configs/finetune.py:evaluate,base=/tmp/own/base,init=/tmp/own/rl,data=/tmp/own/test.jsonl \
-      --workdir=/tmp/own/eval
+  python -m experiments.sft --workdir=/tmp/own/sft \
+      --config=configs/finetune.py:base=/tmp/own/base,data=/tmp/own/train.jsonl
+  python -m experiments.rl --workdir=/tmp/own/rl \
+      --config=configs/finetune.py:rl,base=/tmp/own/base,init=/tmp/own/sft,data=prompts.jsonl
+  python -m experiments.evaluate --workdir=/tmp/own/eval \
+      --config=configs/finetune.py:evaluate,base=/tmp/own/base,init=/tmp/own/rl,data=test.jsonl
 
 Variants: sft (default), rl, evaluate; base=DIR (required), init=DIR (params to start from or to
 evaluate; sft defaults to base), data=FILE (records: SFT messages / prompt-completion files, RL and
@@ -47,6 +47,11 @@ def _hf_template(data: ml_collections.ConfigDict, base: str) -> None:
   data.template.path = base
 
 
+def _variant(args, name: str) -> str:
+  """The base config's variant, with steps=N passed on (it also sets the LR schedule length)."""
+  return f"{name},steps={args.steps}" if args.steps else name
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, sft=False, rl=False, evaluate=False, base="", init="", data="",
                           steps=0, smoke=False)
@@ -61,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _sft(args) -> ml_collections.ConfigDict:
-  config = sft.get_config("smoke" if args.smoke else None)
+  config = sft.get_config(_variant(args, "smoke" if args.smoke else "stage1"))
   config.model = model_from(args.base)
   _hf_template(config.data, args.base)
   config.data.inputs = args.data  # your records (JSONL/Parquet): messages or prompt/response
@@ -69,23 +74,21 @@ def _sft(args) -> ml_collections.ConfigDict:
   config.train.init_from = args.init or args.base
   config.train.eval_problems = 0  # the toy held-out ladder is not your task: use evaluate
   config.optim.learning_rate = 1e-3  # peak; a pretrained model wants less than a fresh one
-  if args.steps:
-    config.train.num_steps = args.steps
   return config
 
 
 def _rl(args) -> ml_collections.ConfigDict:
-  config = rl.get_config("smoke" if args.smoke else "quickstart")
+  config = rl.get_config(_variant(args, "smoke" if args.smoke else "quickstart"))
   config.model = model_from(args.base)
   _hf_template(config.data, args.base)
   config.data.filter_on_load = False
   config.rl.init_from = args.init  # the SFT workdir (its final/)
   config.train.prompts = args.data  # prompt records with `answer` (rewarded by exact match)
+  # rl.domains stays "arith,lists" (the walkthrough's); set --config.rl.domains to your records'
+  # domains (and --config.rewards.terms.<domain> for their rewards; default exact + format).
   config.train.eval_problems = 0
   if args.smoke:  # room for a think block and an answer, so the format reward can vary
     config.train.max_new_tokens = 96
-  if args.steps:
-    config.train.num_steps = args.steps
   return config
 
 

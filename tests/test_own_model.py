@@ -16,9 +16,11 @@ from safetensors.numpy import load_file
 
 from configs import finetune
 from motif_jax import checkpoint, eval_run, trainer
+from motif_jax.data.config import DataConfig
 from motif_jax.data.template import ChatTemplate
 from motif_jax.data.tokenizer import HFTokenizer
 from motif_jax.interop import hf, make_tiny_hf, parity
+from motif_jax.model import ModelConfig
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -63,9 +65,36 @@ def test_tiny_llama_is_what_transformers_loads(tiny_hf):
   assert len(tok.encode(QUESTION, add_special_tokens=False)) < len(QUESTION) / 3
 
 
-def test_hf_to_ours_to_hf_round_trip(tiny_hf, tmp_path):
-  work, out = tmp_path / "work", tmp_path / "out"
+@pytest.fixture(scope="module")
+def imported(tiny_hf):
+  work = tiny_hf.parent / "base"
   cfg, params = hf.import_checkpoint(tiny_hf, work)
+  return work, cfg, params
+
+
+def test_finetune_config_is_built_from_the_import(imported):
+  work, cfg, _ = imported
+  sft = finetune.get_config(f"base={work},data=train.jsonl,steps=7")
+  assert ModelConfig.from_config_dict(sft.model).architecture() == cfg.architecture()
+  assert (sft.train.num_steps, sft.optim.decay_steps, sft.train.init_from) == (7, 7, str(work))
+  data = DataConfig.from_config_dict(sft.data)
+  assert (data.template.kind, data.template.eos, data.inputs) == ("hf", "<|im_end|>",
+                                                                   ("train.jsonl",))
+  rl = finetune.get_config(f"rl,base={work},init=/sft,data=prompts.jsonl")
+  assert (rl.rl.init_from, rl.train.prompts, rl.data.template.path) == (
+      "/sft", "prompts.jsonl", str(work))
+  ev = finetune.get_config(f"evaluate,base={work},init=/rl,data=test.jsonl")
+  assert (ev.checkpoint, ev.data, ev.template.kind, ev.eval.temperature) == (
+      "/rl", "test.jsonl", "hf", 0.0)
+  with pytest.raises(ValueError, match="needs base=DIR"):
+    finetune.get_config("rl")
+  with pytest.raises(ValueError, match="no model_config.json there"):
+    finetune.get_config(f"base={work / 'missing'}")
+
+
+def test_hf_to_ours_to_hf_round_trip(tiny_hf, imported, tmp_path):
+  work, cfg, params = imported
+  out = tmp_path / "out"
   assert (cfg.attention, cfg.mlp, cfg.rms_norm_eps, cfg.tie_embeddings) == (
       "gqa", "swiglu", 1e-5, False)
   p = parity.check(tiny_hf, cfg, params)
