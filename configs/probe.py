@@ -18,8 +18,15 @@ reference outputs the style profile is measured on; never on a candidate's trace
 WORKDIR/student; `candidates=toy` writes the three toy teachers (aligned, verbose: partly
 aligned, misaligned) to WORKDIR/candidates/*.jsonl.
 
+Your own model: `base=DIR` (an `experiments.convert --from_hf` workdir) makes it the student and
+tokenizes and renders with its tokenizer and chat template (data.template.kind=hf):
+
+  python -m experiments.probe_teachers --config=configs/probe.py:base=/tmp/own/base \
+      --workdir=/tmp/own/probe --config.candidates=a.jsonl,b.jsonl,c.jsonl \
+      --config.eval_data=/tmp/own/test.jsonl --config.data.reference=/tmp/own/own_outputs.jsonl
+
 Default (toy, `small` ladder, 2-layer model): about 20 minutes on 2 CPU cores; smoke: under 3.
-Variants: smoke, seed=N (toy corpus, student, probe SFT and sampling seeds).
+Variants: smoke, seed=N (toy corpus, student, probe SFT and sampling seeds), base=DIR.
 """
 
 import ml_collections
@@ -29,7 +36,7 @@ from configs import sft as sft_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, smoke=False, seed=0)
+  args = common.parse_arg(arg, smoke=False, seed=0, base="")
   config = ml_collections.ConfigDict()
   config.student = "toy"  # params dir | run workdir (its final/) | toy (train the toy target)
   config.candidates = "toy"  # comma-separated files, one per teacher (name = file stem) | toy
@@ -50,9 +57,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seed=args.seed,  # record order (the same prompts first for every candidate), row shuffle
       loss_impl="xla",
       eval_student=True,  # also evaluate the student itself (the baseline row of the report)
+      # the probe score ranked first: pass@1 | mean_reward (pass@1 + 0.1 x well-formed share:
+      # steadier for a small student whose pass@1 is a few lucky samples; ties -> pass@1, pass@k)
+      rank_by="mean_reward",
   ))
   config.optim = ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=1e-3, warmup_steps=5,
+      name="adamw", learning_rate=3e-4, warmup_steps=5,
       decay_steps=1000,  # unused while final_lr_ratio = 1 (constant after warmup: no candidate's
       final_lr_ratio=1.0,  # step count moves its schedule, and one compiled step serves all)
       weight_decay=0.01, b1=0.9, b2=0.95, eps=1e-8, grad_clip_norm=1.0, muon_beta=0.95,
@@ -60,8 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   config.eval = ml_collections.ConfigDict(dict(
       num_samples=4,  # completions per held-out prompt (n of pass@k)
-      max_new_tokens=160,  # completion budget: verbose teachers pay for their words here too
-      temperature=1.0, top_p=1.0, top_k=0,
+      max_new_tokens=256,  # completion budget: verbose teachers pay for their words here too
+      temperature=0.6, top_p=1.0, top_k=0,
       ks="1,4",  # pass@k reported; ranking: pass@1, then the largest k, then mean reward
       prompt_batch=32,  # prompts per sampler call
       seed=args.seed,
@@ -80,13 +90,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   student.train.update(dict(eval_problems=0, log_every=25, seed=args.seed))
   student.ckpt.every = 100
   config.student_sft = student
+  if args.base:  # an experiments.convert --from_hf workdir: its tokenizer and chat template
+    config.student = args.base
+    config.data.tokenizer = f"{args.base}/tokenizer.json"
+    config.data.template.kind = "hf"
+    config.data.template.path = args.base
   if args.smoke:
     small = dict(problems=120, reference_size=60, heldout_per_difficulty=3)
     config.data.toy.update(small)
     config.data.seq_len = 256
     student.data.toy.update(small)
     student.data.update(dict(seq_len=256, global_batch_size=8))
-    student.train.num_steps = 100
+    student.train.num_steps = 250
     config.probe.update(dict(epochs=2, token_budget=3000, seq_len=256))
-    config.eval.update(dict(num_samples=2, ks="1,2", max_new_tokens=128))
+    config.eval.update(dict(num_samples=2, ks="1,2"))
   return config

@@ -92,20 +92,25 @@ CANDS = [_cand("b", 0.9, 2.0, 1.0, 0.30, 0.50, 0.40),
 
 
 def test_ranking_is_a_pure_function_of_the_measured_values():
-  assert rank.ranking(CANDS) == ["a", "b", "c"]
+  assert rank.ranking(CANDS, "pass@1") == ["a", "b", "c"]
   for perm in ([2, 0, 1], [1, 2, 0], [0, 2, 1]):
-    assert rank.ranking([CANDS[i] for i in perm]) == ["a", "b", "c"]
+    assert rank.ranking([CANDS[i] for i in perm], "pass@1") == ["a", "b", "c"]
   # Equal pass@1 and pass@k: mean reward decides; renaming does not change who wins.
   tied = [dict(CANDS[0], **{"probe_pass@2": 0.6}), CANDS[1], CANDS[2]]
-  assert rank.ranking(tied) == ["b", "a", "c"]
+  assert rank.ranking(tied, "pass@1") == ["b", "a", "c"]
   renamed = [dict(c, name={"a": "z", "b": "y", "c": "x"}[c["name"]]) for c in CANDS]
-  assert rank.ranking(renamed) == ["z", "y", "x"]
+  assert rank.ranking(renamed, "pass@1") == ["z", "y", "x"]
   # All probe values equal: the order falls back to names, but the ranks are tied.
   same = [dict(c, **{"probe_pass@1": 0.0, "probe_pass@2": 0.0, "probe_mean_reward": 0.0})
           for c in CANDS]
-  assert rank.ranking(same) == ["a", "b", "c"]
-  assert rank.probe_ranks(same) == [2.0, 2.0, 2.0]
-  assert all(v is None for m in rank.correlations(same).values() for v in m.values())
+  assert rank.ranking(same, "pass@1") == ["a", "b", "c"]
+  assert rank.probe_ranks(same, "pass@1") == [2.0, 2.0, 2.0]
+  # Ranked by mean reward first: c (0.9) > b (0.4) > a (0.3), whatever pass@1 says.
+  assert rank.ranking(CANDS, "mean_reward") == ["c", "b", "a"]
+  assert rank.probe_ranks(CANDS, "mean_reward") == [2.0, 3.0, 1.0]
+  with pytest.raises(ValueError, match="probe.rank_by"):
+    rank.ranking(CANDS, "pass@3")
+  assert all(v is None for m in rank.correlations(same, "pass@1").values() for v in m.values())
 
 
 def test_rank_correlations_match_hand_computed_values():
@@ -124,19 +129,19 @@ def test_rank_correlations_match_hand_computed_values():
 
 
 def test_correlations_orient_each_cheap_measure_against_the_probe():
-  corr = rank.correlations(CANDS)  # probe order a > b > c
+  corr = rank.correlations(CANDS, "pass@1")  # probe order a > b > c
   # lower NLL a 0.5 < b 0.9 < c 2.0 and style 1 < 2 < 9: the probe's order exactly
   assert corr["nll"] == {"spearman": pytest.approx(1.0), "kendall": pytest.approx(1.0)}
   assert corr["style_distance"]["spearman"] == pytest.approx(1.0)
   # verify 1.0 1.0 0.8: a and b tie; goodness ranks 1.5 1.5 3 vs probe 1 2 3
   assert corr["verify_rate"]["spearman"] == pytest.approx(1.5 / np.sqrt(3.0))
-  ranks = rank.measure_ranks(CANDS)
+  ranks = rank.measure_ranks(CANDS, "pass@1")
   assert ranks["verify_rate"] == {"b": 1.5, "a": 1.5, "c": 3.0}
   assert ranks["probe"] == {"b": 2.0, "a": 1.0, "c": 3.0}
-  line = rank.recommendation(CANDS, corr)
+  line = rank.recommendation(CANDS, corr, "pass@1")
   assert line.startswith("Scale `a`") and "(a) student NLL, (b) style distance" in line
   worse = [dict(c, nll=-c["nll"], style_distance=-c["style_distance"]) for c in CANDS]
-  assert rank.correlations(worse)["nll"]["spearman"] == pytest.approx(-1.0)
+  assert rank.correlations(worse, "pass@1")["nll"]["spearman"] == pytest.approx(-1.0)
 
 
 # ---- the third toy teacher ---------------------------------------------------------------------
@@ -240,5 +245,6 @@ def test_smoke_probe_ranks_the_aligned_teacher_above_the_misaligned(tmp_path):
   by = {c["name"]: c for c in out["candidates"]}
   aligned, misaligned = by[toy_corpus.ALIGNED], by[toy_corpus.MISALIGNED]
   # Strictly better on measured probe values, not by the name tie-break.
-  assert rank.probe_key(aligned)[:-1] < rank.probe_key(misaligned)[:-1]
+  by = out["rank_by"]
+  assert rank.probe_key(aligned, by)[:-1] < rank.probe_key(misaligned, by)[:-1]
   assert out["ranking"][0] == toy_corpus.ALIGNED and out["ranking"][-1] == toy_corpus.MISALIGNED

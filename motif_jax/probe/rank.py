@@ -1,8 +1,10 @@
 """Ranking and rank correlations: pure functions of the measured values.
 
-The probe ranking orders candidates by the SFT probe (d): pass@1, then pass@k at the largest k,
-then mean reward (which carries the format term), then name (a deterministic last resort that
-never enters a rank or a correlation: tied candidates share their rank).
+The probe ranking orders candidates by the SFT probe (d): first by `by` (`pass@1`, or
+`mean_reward`: pass@1 plus the format term's weight times the share of well-formed samples, the
+steadier score for a small student whose pass@1 is a few lucky samples), then pass@1, pass@k at
+the largest k, mean reward, and last by name (a deterministic last resort that never enters a
+rank or a correlation: tied candidates share their rank).
 Each cheap measure is oriented so that larger is better (`ORIENTATION`: -NLL, -style distance,
 +verify rate) and compared with the probe ranking by Spearman's rho and Kendall's tau-b (ties
 share ranks); +1 means the cheap measure orders the candidates exactly as the probe does. A
@@ -29,22 +31,27 @@ def largest_k(candidate: Mapping[str, Any]) -> int:
   return max(ks)
 
 
-def probe_key(candidate: Mapping[str, Any]) -> tuple:
-  """Sort key, best first: the SFT probe's pass@1, pass@(largest k), mean reward; then name."""
+RANK_BY = ("pass@1", "mean_reward")
+
+
+def probe_key(candidate: Mapping[str, Any], by: str) -> tuple:
+  """Sort key, best first: the SFT probe's `by`, pass@1, pass@(largest k), mean reward; name."""
+  if by not in RANK_BY:
+    raise ValueError(f"probe.rank_by={by!r} must be one of {RANK_BY}")
   k = largest_k(candidate)
-  return (-candidate["probe_pass@1"], -candidate[f"probe_pass@{k}"],
+  return (-candidate[f"probe_{by}"], -candidate["probe_pass@1"], -candidate[f"probe_pass@{k}"],
           -candidate["probe_mean_reward"], candidate["name"])
 
 
-def ranking(candidates: Sequence[Mapping[str, Any]]) -> list[str]:
+def ranking(candidates: Sequence[Mapping[str, Any]], by: str) -> list[str]:
   """Candidate names, best first by the SFT probe (d)."""
-  return [c["name"] for c in sorted(candidates, key=probe_key)]
+  return [c["name"] for c in sorted(candidates, key=lambda c: probe_key(c, by))]
 
 
-def probe_ranks(candidates: Sequence[Mapping[str, Any]]) -> list[float]:
+def probe_ranks(candidates: Sequence[Mapping[str, Any]], by: str) -> list[float]:
   """Each candidate's rank by the probe's measured values (1 = best; ties share the mean rank,
   so the name order of `ranking` never enters a correlation)."""
-  keys = [probe_key(c)[:-1] for c in candidates]
+  keys = [probe_key(c, by)[:-1] for c in candidates]
   return [1.0 + sum(o < k for o in keys) + (sum(o == k for o in keys) - 1) / 2 for k in keys]
 
 
@@ -72,18 +79,20 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
   return float(stats.kendalltau(x, y, variant="b").statistic)
 
 
-def measure_ranks(candidates: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+def measure_ranks(candidates: Sequence[Mapping[str, Any]], by: str
+                  ) -> dict[str, dict[str, float]]:
   """{measure: {name: rank}} for the cheap measures (oriented) and the probe (its ranking)."""
   names = [c["name"] for c in candidates]
   out = {m: dict(zip(names, ranks([ORIENTATION[m] * c[m] for c in candidates])))
          for m in CHEAP}
-  out["probe"] = dict(zip(names, probe_ranks(candidates)))
+  out["probe"] = dict(zip(names, probe_ranks(candidates, by)))
   return out
 
 
-def correlations(candidates: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
+def correlations(candidates: Sequence[Mapping[str, Any]], by: str
+                 ) -> dict[str, dict[str, float | None]]:
   """{cheap measure: {"spearman", "kendall"}} against the probe ranking (module docstring)."""
-  probe_score = [-r for r in probe_ranks(candidates)]  # larger = better
+  probe_score = [-r for r in probe_ranks(candidates, by)]  # larger = better
   out = {}
   for m in CHEAP:
     goodness = [ORIENTATION[m] * float(c[m]) for c in candidates]
@@ -93,20 +102,21 @@ def correlations(candidates: Sequence[Mapping[str, Any]]) -> dict[str, dict[str,
 
 
 def recommendation(candidates: Sequence[Mapping[str, Any]],
-                   corr: Mapping[str, Mapping[str, float | None]],
+                   corr: Mapping[str, Mapping[str, float | None]], by: str,
                    student: Mapping[str, Any] | None = None) -> str:
   """One line: which teacher to scale, and which cheap measure (if any) to screen with."""
-  best = min(candidates, key=probe_key)
-  line = f"Scale `{best['name']}`: best on the SFT probe (pass@1 {best['probe_pass@1']:.3f}"
-  others = sorted(candidates, key=probe_key)[1:]
+  key = lambda c: probe_key(c, by)  # noqa: E731
+  ordered = sorted(candidates, key=key)
+  best, others = ordered[0], ordered[1:]
+  line = f"Scale `{best['name']}`: best on the SFT probe ({by} {best[f'probe_{by}']:.3f}"
   if others:
-    line += f"; next `{others[0]['name']}` {others[0]['probe_pass@1']:.3f}"
+    line += f"; next `{others[0]['name']}` {others[0][f'probe_{by}']:.3f}"
   line += ")."
-  if others and probe_key(others[0])[:-1] == probe_key(best)[:-1]:
+  if others and key(others[0])[:-1] == key(best)[:-1]:
     line += (f" It ties with `{others[0]['name']}` on every probe measure: the probe cannot "
              "separate them (probe longer: more tokens, epochs or eval prompts).")
-  if student is not None and probe_key(best)[:3] > probe_key({**student, "name": ""})[:3]:
-    line += (f" No candidate beats the student itself (pass@1 {student['probe_pass@1']:.3f}): "
+  if student is not None and key(best)[:-1] > key({**student, "name": ""})[:-1]:
+    line += (f" No candidate beats the student itself ({by} {student[f'probe_{by}']:.3f}): "
              "probe longer or question all of them.")
   rho = {m: corr[m]["spearman"] for m in CHEAP if corr[m]["spearman"] is not None}
   agree = [m for m, r in rho.items() if r >= 0.999]

@@ -1,4 +1,4 @@
-"""probe.md and the plots (each cheap measure against the SFT probe's pass@1)."""
+"""probe.md and the plots (each cheap measure against the SFT probe's score)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def to_markdown(result: dict[str, Any]) -> str:
            + ", ".join(f"{n} {c['trained_tokens']:,}" for n, c in cands.items())
            + f"), then sampled {result['eval']['num_samples']} completions per prompt of "
            f"{result['eval']['prompts']} held-out prompts (`{result['eval_data']}`).", "",
-           "## Ranking (rank 1 = best on that measure)", "",
+           f"## Ranking (rank 1 = best on that measure; the probe ranks by {result['rank_by']})",
+           "",
            "| candidate | (a) NLL | (b) style distance | (c) verify rate | (d) probe pass@1 | "
            f"pass@{k} | mean reward | format errors |",
            "|---|---|---|---|---|---|---|---|"]
@@ -66,19 +67,20 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def plot(workdir: Path, result: dict[str, Any]) -> None:
-  """One scatter per cheap measure: x = the measure, y = probe pass@1, points labelled."""
+  """One scatter per cheap measure: x = the measure, y = the probe score it is ranked by."""
   import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")  # files only, no display
   import matplotlib.pyplot as plt  # noqa: PLC0415
   cands = result["candidates"]
   for m, filename in PLOTS.items():
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    xs, ys = [c[m] for c in cands], [c["probe_pass@1"] for c in cands]
+    xs, ys = [c[m] for c in cands], [c[f"probe_{result['rank_by']}"] for c in cands]
     ax.scatter(xs, ys, color="tab:blue")
-    for c, x, y in zip(cands, xs, ys):
-      ax.annotate(c["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for i, (c, x, y) in enumerate(zip(cands, xs, ys)):  # staggered: equal scores overlap
+      ax.annotate(c["name"], (x, y), textcoords="offset points", xytext=(4, 4 + 10 * i),
+                  fontsize=8)
     rho = result["correlations"][m]["spearman"]
-    ax.set(xlabel=rank.LABELS[m], ylabel="(d) probe pass@1",
+    ax.set(xlabel=rank.LABELS[m], ylabel=f"(d) probe {result['rank_by']}",
            title=f"{rank.LABELS[m]} vs probe (Spearman {_fmt(rho)})")
     fig.tight_layout()
     fig.savefig(workdir / filename, dpi=80)

@@ -194,6 +194,7 @@ def run_probe(config, workdir: str, *, log: Callable[[str], None] = print) -> di
                                       nll_scorer, token_budget, out_dir, fingerprint, log))
   out = assemble(results, student_eval=student_eval, student=str(source),
                  eval_data=run.eval_data, token_budget=token_budget, epochs=run.probe.epochs,
+                 rank_by=run.probe.rank_by,
                  eval_info=dict(num_samples=run.eval.num_samples, prompts=len(eval_records),
                                 max_new_tokens=run.eval.max_new_tokens, ks=list(run.eval.ks)))
   out["seconds"] = round(time.perf_counter() - start, 1)
@@ -244,13 +245,13 @@ def _probe_candidate(name: str, records, prober: Prober, run: ProbeRun, tokenize
 
 
 def assemble(candidates: list[dict[str, Any]], *, student_eval: dict | None, student: str,
-             eval_data: str, token_budget: int, epochs: int,
+             eval_data: str, token_budget: int, epochs: int, rank_by: str,
              eval_info: dict[str, Any]) -> dict[str, Any]:
   """probe.json's content from the per-candidate results (pure)."""
-  corr = rank.correlations(candidates)
+  corr = rank.correlations(candidates, rank_by)
   return {"student": student, "eval_data": eval_data, "token_budget": token_budget,
-          "epochs": epochs, "eval": eval_info, "candidates": candidates,
-          "ranking": rank.ranking(candidates), "ranks": rank.measure_ranks(candidates),
-          "correlations": corr,
-          "recommendation": rank.recommendation(candidates, corr, student_eval),
+          "epochs": epochs, "eval": eval_info, "rank_by": rank_by, "candidates": candidates,
+          "ranking": rank.ranking(candidates, rank_by),
+          "ranks": rank.measure_ranks(candidates, rank_by), "correlations": corr,
+          "recommendation": rank.recommendation(candidates, corr, rank_by, student_eval),
           "student_eval": student_eval}

@@ -24,6 +24,7 @@ from motif_jax.data.records import Record
 from motif_jax.data.template import ChatTemplate
 from motif_jax.model import ModelConfig
 from motif_jax.optim import OptimConfig, make_optimizer
+from motif_jax.probe import rank
 from motif_jax.rl import rewards
 from motif_jax.sft import SFTConfig, sft_step
 from motif_jax.train_state import init_train_state
@@ -38,8 +39,11 @@ class ProbeSFTConfig:
   seed: int
   loss_impl: str
   eval_student: bool  # evaluate the student too (baseline)
+  rank_by: str  # the probe score ranked first: pass@1 | mean_reward (rank.RANK_BY)
 
   def __post_init__(self):
+    if self.rank_by not in rank.RANK_BY:
+      raise ValueError(f"probe.rank_by={self.rank_by!r} must be one of {rank.RANK_BY}")
     if self.token_budget < 0:
       raise ValueError(f"probe.token_budget={self.token_budget} must be >= 0")
     for name in ("epochs", "seq_len", "batch_size"):
