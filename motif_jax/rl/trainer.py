@@ -12,9 +12,10 @@ One loop step is one rollout batch:
      groups top the batch up, counted in rollout/forced_groups);
   3. group-relative advantages; the replay buffer mixes `rl.replay_fraction` replayed
      trajectories (at most `rl.max_staleness` policy versions old) with fresh ones;
-  4. the trajectories are packed into `train.rows` x `train.seq_len` rows and
-     `rl.updates_per_rollout` jitted `rl_step`s run on them (`rl_updates`; π_old recomputed or
-     the behaviour log-probs; reference log-probs when rl.kl_coef > 0).
+  4. the trajectories are packed into `train.rows` x `train.seq_len` rows (any that do not fit
+     are left out and counted in pack/dropped) and `rl.updates_per_rollout` jitted `rl_step`s
+     run on them (`rl_updates`; π_old recomputed or the behaviour log-probs; reference
+     log-probs when rl.kl_coef > 0).
 
 The policy version is the optimizer step count. Host state (queue position, pass-rate
 statistics, online-filter counts, replay buffer, per-domain reward EMA, the sampler-call count
