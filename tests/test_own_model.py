@@ -7,7 +7,10 @@ Fast: the HF -> ours -> HF round trip (bit-exact tensors, fp32 logit parity, gre
 chat-template prompt). Slow: the whole path with the walkthrough's configs at smoke budgets.
 """
 
+import contextlib
+import io
 import json
+import re
 
 import jax
 import numpy as np
@@ -92,6 +95,20 @@ def test_finetune_config_is_built_from_the_import(imported):
     finetune.get_config(f"base={work / 'missing'}")
 
 
+def _run_convert(*args) -> str:
+  """experiments.convert in-process; returns what it printed."""
+  from experiments import convert  # noqa: PLC0415
+  argv = ["convert", *args]
+  convert.FLAGS(argv)
+  buffer = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(buffer):
+      convert.main(argv[:1])
+  finally:
+    convert.FLAGS.unparse_flags()
+  return buffer.getvalue()
+
+
 def test_hf_to_ours_to_hf_round_trip(tiny_hf, imported, tmp_path):
   work, cfg, params = imported
   out = tmp_path / "out"
@@ -101,7 +118,9 @@ def test_hf_to_ours_to_hf_round_trip(tiny_hf, imported, tmp_path):
   assert p.max_abs_diff <= MAX_ABS_DIFF and p.mean_kl <= MAX_KL, p
   _assert_same_greedy(tiny_hf, cfg, params)
 
-  hf.export_checkpoint(work, out)
+  printed = _run_convert(f"--workdir={work}", f"--to_hf={out}", "--check",
+                         f"--check_question={QUESTION}", "--check_tokens=24")
+  assert re.search(r"greedy parity on .*: greedy tokens equal: \d+ tokens", printed), printed
   before, after = load_file(tiny_hf / "model.safetensors"), load_file(out / "model.safetensors")
   assert before.keys() == after.keys()
   for name in before:  # unchanged weights come back bit for bit
