@@ -104,6 +104,18 @@ def _rl_point(condition, seed, entropy_end):
           "steps": None, "curves": curves, "wall_s": 1.0}
 
 
+def _probe_json(style_rho):
+  """probe.json as motif_jax.probe writes it: three teachers, the aligned one best by (d)."""
+  names = ("teacher_aligned", "teacher_verbose", "teacher_misaligned")
+  candidates = [{"name": n, "nll": 0.5 + i, "style_distance": 1.0 + 2 * i, "verify_rate": 1.0,
+                 "probe_pass@1": 0.3 - 0.1 * i, "probe_pass@2": 0.4 - 0.1 * i,
+                 "probe_mean_reward": 0.3} for i, n in enumerate(names)]
+  return {"candidates": candidates, "ranking": list(names), "token_budget": 1000,
+          "correlations": {"nll": {"spearman": 1.0}, "style_distance": {"spearman": style_rho},
+                           "verify_rate": {"spearman": None}},
+          "recommendation": "Scale `teacher_aligned`."}
+
+
 def _study(parts="data,curriculum,probe,rl,memory"):
   study = reproduce_config.get_config("smoke").study
   study.parts = parts
@@ -125,7 +137,8 @@ def hand_built_report(tmp_path_factory):
   results = {"phases": {"data": data, "curriculum_stage1": stage1, "curriculum_stage2": stage2,
                         "rl": rl_points},
              "memory": {"kernels": kernels, "kernel_source": "docs/bench_kernels_cpu.json",
-                        "plan": [], "plan_cell": {}}}
+                        "plan": [], "plan_cell": {}},
+             "probe": [_probe_json(1.0), _probe_json(0.5)]}
   commands = {p: [f"python -m experiments.reproduce --config.study.parts={p}"]
               for p in ("data", "curriculum", "probe", "rl", "memory")}
   sections = run.sections_for(results, _study(), commands)
@@ -155,6 +168,14 @@ def test_report_sections_and_verdicts_from_hand_built_results(hand_built_report)
   # Section 5: clip-higher ends with entropy 0.88-0.9 against symmetric 0.5.
   clip = [c for c in sections[4].comparisons if c.worse == "symmetric"][0]
   assert clip.verdict.label == stats.SUPPORTED
+  # Section 3: NLL agrees with the probe's SFT on both seeds (rho +1, +1): supported; style
+  # +1 then +0.5: partial; verify rate constant: undefined; the probe ranks the aligned teacher
+  # first as the study's SFT runs do (0.6 vs 0.3).
+  checks = {lesson.split(" orders")[0]: v.label for lesson, v in sections[2].checks}
+  assert checks["(a) student NLL"] == stats.SUPPORTED
+  assert checks["(b) style distance"] == stats.INCONCLUSIVE
+  assert checks["(c) verify rate"] == stats.INCONCLUSIVE
+  assert sections[2].checks[-1][1].label == stats.SUPPORTED
   # Section 6 from the committed kernel benchmark: fused below naive everywhere.
   assert sections[5].checks[0][1].label == stats.SUPPORTED
   # Every judgement states its numbers.

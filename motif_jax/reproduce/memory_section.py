@@ -6,6 +6,7 @@ from motif_jax.reproduce import plots, stats
 from motif_jax.reproduce.sections import Section, Table, fmt
 
 GIB = 2**30
+TITLE = "Memory: fused loss and flash attention vs the naive paths"
 CLAIM = ("Memory is the wall: the fused chunked loss never builds the [tokens, vocab] logits "
          "(O(chunk x V) memory, recipe §7.7e) and flash attention never builds the [seq, seq] "
          "scores, so both need far less memory than the naive paths at the Motif shapes.")
@@ -17,7 +18,7 @@ def _kernel_rows(kernels: dict, kind: str, prefix: str) -> tuple[list[list[str]]
   """Rows (shape, naive GiB, fused GiB, naive / fused) and whether fused < naive per shape."""
   naive, fused = kernels[kind].get(NAIVE, {}), kernels[kind].get(FUSED, {})
   rows, wins, bars = [], [], {}
-  for key in sorted(set(naive) & set(fused)):
+  for key in sorted(set(naive) & set(fused), key=lambda k: (len(k), k)):  # T8192 before T65536
     if not key.startswith(prefix) or naive[key] is None or fused[key] is None:
       continue
     n, f = naive[key] / GIB, fused[key] / GIB
@@ -38,7 +39,7 @@ def growth(kernels: dict, kind: str, prefix: str) -> float | None:
 
 
 def memory(results: dict, commands: list[str]) -> Section:
-  section = Section(6, "Memory: fused loss and flash attention vs the naive paths", CLAIM,
+  section = Section(6, TITLE, CLAIM,
                     commands=commands)
   data = results.get("memory")
   if not data:

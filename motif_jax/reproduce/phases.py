@@ -8,7 +8,8 @@
   stage-1 run's params; the single mixed stage is the `data` part's `aligned` run (every aligned
   trace in full rows for the whole budget), so it is not run twice.
 - `rl` (section 5): RL from each seed's `aligned` SFT run, one point per `study.RL_CONDITIONS`.
-- `probe` (section 3): `experiments.probe_teachers` per probe seed (when motif_jax.probe exists).
+- `probe` (section 3): the teacher probe (`motif_jax.reproduce.probe_task`) per probe seed,
+  when motif_jax.probe (issue 19) exists.
 - `memory` (section 6): one point of `motif_jax.reproduce.memory`.
 
 Token budgets are counted (`budget.steps_for_budget`) and cached in `DIR/budget.json`, so a
@@ -86,7 +87,7 @@ def plan(study: ml_collections.ConfigDict, config_file: str, workdir: str | Path
   if "curriculum" in parts:
     phases += _curriculum(study, budgets, sft_base, workdir, seeds, tokens)
   if "probe" in parts and importlib.util.find_spec(PROBE_MODULE) is not None:
-    phases.append(Phase("probe", "probe", "probe_teachers", "probe", tuple(
+    phases.append(Phase("probe", "probe", "motif_jax.reproduce.probe_task", "probe", tuple(
         PointSpec("probe", s, {"probe.seed": s, "eval.seed": s, "student_sft.train.seed": s})
         for s in range(study.probe_seeds))))
   if "rl" in parts:

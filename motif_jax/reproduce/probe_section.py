@@ -28,8 +28,9 @@ def measure_check(label: str, rhos: list[float | None]) -> stats.Verdict:
   defined = [r for r in rhos if r is not None and not math.isnan(r)]
   shown = ", ".join("undefined" if r is None else f"{r:+.2f}" for r in rhos)
   if not defined:
-    return stats.Verdict(stats.INCONCLUSIVE, f"{label}: Spearman undefined on every probe seed "
-                                             "(a constant measure or SFT outcome)")
+    return stats.Verdict(stats.INCONCLUSIVE, f"{label}: Spearman undefined on {len(rhos)} of "
+                                             f"{len(rhos)} probe seed(s): the measure (or the "
+                                             "SFT outcome) is the same for every teacher")
   mean = float(np.mean(defined))
   text = f"{label}: Spearman rho with the SFT probe's ranking {shown} (mean {mean:+.2f})"
   if all(r >= 0.999 for r in defined):

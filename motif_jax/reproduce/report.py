@@ -45,7 +45,8 @@ def summary_rows(sections: Sequence[Section]) -> list[list[str]]:
 
 
 def markdown(sections: Sequence[Section], meta: dict) -> str:
-  lines = [f"# {meta['title']}", "", *meta.get("intro", []), "",
+  intro = [line for p in meta.get("intro", []) for line in (p, "")]
+  lines = [f"# {meta['title']}", "", *intro,
            "## Verdicts", "", *_md_table(["lesson", "verdict", "measured"],
                                          summary_rows(sections)), ""]
   for s in sections:

@@ -12,6 +12,7 @@ from motif_jax.reproduce.sections import (PASS1, Section, Table, by_condition, c
 from motif_jax.reproduce.study import RL_CONDITIONS
 
 LABELS = {c.name: c.label for c in RL_CONDITIONS}
+TITLE = "RL stability: band filter, replay, clipping"
 CLAIM = ("A pass-rate band filter stabilizes RL (without it many groups have zero advantage and "
          "reward can regress or entropy collapse); mixed-policy trajectory reuse improves sample "
          "efficiency without destabilizing training (recipe §7.4, §7.5); clip-higher "
@@ -48,7 +49,7 @@ def _final_pass1(p: dict) -> float:
 
 
 def rl(results: dict, study, commands: list[str]) -> Section:
-  section = Section(5, "RL stability: band filter, replay, clipping", CLAIM, commands=commands)
+  section = Section(5, TITLE, CLAIM, commands=commands)
   points = results["phases"].get("rl", [])
   by = by_condition(points)
   names = [c.name for c in RL_CONDITIONS]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from motif_jax.reproduce import collect, launch, phases as phases_lib, report, sft_sections
 from motif_jax.reproduce import probe_section as probe_section_lib
+from motif_jax.reproduce import memory_section, rl_section
 from motif_jax.reproduce.memory_section import memory
 from motif_jax.reproduce.rl_section import rl
 from motif_jax.reproduce.sections import Section
@@ -56,17 +57,17 @@ def sections_for(results: dict, study, commands: dict[str, list[str]]) -> list[S
     out += [sft_sections.alignment(results, study, commands["data"]),
             sft_sections.verification(results, study, commands["data"])]
   else:
-    out += [not_run(1, "Alignment", sft_sections.CLAIM_ALIGNMENT, reason),
-            not_run(2, "Verification", sft_sections.CLAIM_VERIFY, reason)]
+    out += [not_run(1, sft_sections.TITLE_ALIGNMENT, sft_sections.CLAIM_ALIGNMENT, reason),
+            not_run(2, sft_sections.TITLE_VERIFY, sft_sections.CLAIM_VERIFY, reason)]
   out.append(probe_section(results, study, commands["probe"]) if "probe" in parts else
-             not_run(3, "Internal evaluation loop", "teacher probe vs SFT outcome", reason))
+             not_run(3, probe_section_lib.TITLE, probe_section_lib.CLAIM, reason))
   out.append(sft_sections.curriculum(results, study, commands["curriculum"])
              if "curriculum" in parts else
-             not_run(4, "Curriculum", sft_sections.CLAIM_CURRICULUM, reason))
+             not_run(4, sft_sections.TITLE_CURRICULUM, sft_sections.CLAIM_CURRICULUM, reason))
   out.append(rl(results, study, commands["rl"]) if "rl" in parts else
-             not_run(5, "RL stability", "band filter, replay, clipping", reason))
+             not_run(5, rl_section.TITLE, rl_section.CLAIM, reason))
   out.append(memory(results, commands["memory"]) if "memory" in parts else
-             not_run(6, "Memory", "fused loss and flash attention vs naive", reason))
+             not_run(6, memory_section.TITLE, memory_section.CLAIM, reason))
   return out
 
 

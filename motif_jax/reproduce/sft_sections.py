@@ -10,6 +10,9 @@ from motif_jax.reproduce.study import DATA_CONDITIONS
 LABELS = {c.name: c.label for c in DATA_CONDITIONS}
 LABELS.update({"stage2": "two stages: short traces in short rows, then all in full rows",
                "mixed": "single mixed stage (all traces, full rows)"})
+TITLE_ALIGNMENT = "Alignment: aligned vs misaligned teacher vs unfiltered vs filtered mix"
+TITLE_VERIFY = "Verification: verified vs unverified traces"
+TITLE_CURRICULUM = "Curriculum: two stages vs one mixed stage at the same token budget"
 CLAIM_ALIGNMENT = ("Misaligned synthetic traces hurt SFT: at equal token budget, traces from a "
                    "teacher whose format, verbosity or step granularity differs from the "
                    "student's give lower pass@1 than aligned, verified traces (recipe §7.1).")
@@ -28,8 +31,7 @@ def _pass1(p: dict) -> float:
 
 
 def alignment(results: dict, study, commands: list[str]) -> Section:
-  section = Section(1, "Alignment: aligned vs misaligned teacher vs unfiltered vs filtered mix",
-                    CLAIM_ALIGNMENT, commands=commands)
+  section = Section(1, TITLE_ALIGNMENT, CLAIM_ALIGNMENT, commands=commands)
   points = results["phases"].get("data", [])
   by = by_condition(points)
   names = ["aligned", "misaligned", "mix_unfiltered", "mix_filtered"]
@@ -55,8 +57,7 @@ def alignment(results: dict, study, commands: list[str]) -> Section:
 
 
 def verification(results: dict, study, commands: list[str]) -> Section:
-  section = Section(2, "Verification: verified vs unverified traces", CLAIM_VERIFY,
-                    commands=commands)
+  section = Section(2, TITLE_VERIFY, CLAIM_VERIFY, commands=commands)
   points = results["phases"].get("data", [])
   by = by_condition(points)
   names = ["misaligned", "unverified"]
@@ -80,8 +81,7 @@ def verification(results: dict, study, commands: list[str]) -> Section:
 
 
 def curriculum(results: dict, study, commands: list[str]) -> Section:
-  section = Section(4, "Curriculum: two stages vs one mixed stage at the same token budget",
-                    CLAIM_CURRICULUM, commands=commands)
+  section = Section(4, TITLE_CURRICULUM, CLAIM_CURRICULUM, commands=commands)
   stage1 = {p["seed"]: p for p in results["phases"].get("curriculum_stage1", [])}
   stage2 = by_condition(results["phases"].get("curriculum_stage2", [])).get("stage2", {})
   mixed = by_condition(results["phases"].get("data", [])).get("aligned", {})
