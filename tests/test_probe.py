@@ -81,14 +81,15 @@ def test_prompt_order_is_the_same_for_every_candidate():
 
 # ---- ranking and correlations (pure, hand-built inputs) ----------------------------------------
 
-def _cand(name, nll, style, verify, p1, p2, reward):
+def _cand(name, nll, style, verify, p1, p2, reward, form):
   return {"name": name, "nll": nll, "style_distance": style, "verify_rate": verify,
-          "probe_pass@1": p1, "probe_pass@2": p2, "probe_mean_reward": reward}
+          "probe_pass@1": p1, "probe_pass@2": p2, "probe_mean_reward": reward,
+          "probe_format_ok": form}
 
 
-CANDS = [_cand("b", 0.9, 2.0, 1.0, 0.30, 0.50, 0.40),
-         _cand("a", 0.5, 1.0, 1.0, 0.30, 0.60, 0.30),  # ties b on pass@1, wins on pass@2
-         _cand("c", 2.0, 9.0, 0.8, 0.10, 0.90, 0.90)]  # best pass@2 and reward, worst pass@1
+CANDS = [_cand("b", 0.9, 2.0, 1.0, 0.30, 0.50, 0.40, 0.7),
+         _cand("a", 0.5, 1.0, 1.0, 0.30, 0.60, 0.30, 0.7),  # ties b on pass@1, wins on pass@2
+         _cand("c", 2.0, 9.0, 0.8, 0.10, 0.90, 0.90, 0.2)]  # best pass@2, reward; worst pass@1
 
 
 def test_ranking_is_a_pure_function_of_the_measured_values():
@@ -108,6 +109,8 @@ def test_ranking_is_a_pure_function_of_the_measured_values():
   # Ranked by mean reward first: c (0.9) > b (0.4) > a (0.3), whatever pass@1 says.
   assert rank.ranking(CANDS, "mean_reward") == ["c", "b", "a"]
   assert rank.probe_ranks(CANDS, "mean_reward") == [2.0, 3.0, 1.0]
+  # By well-formed share: a and b tie at 0.7 (pass@1 ties too, pass@2 decides), c last.
+  assert rank.ranking(CANDS, "format_ok") == ["a", "b", "c"]
   with pytest.raises(ValueError, match="probe.rank_by"):
     rank.ranking(CANDS, "pass@3")
   assert all(v is None for m in rank.correlations(same, "pass@1").values() for v in m.values())

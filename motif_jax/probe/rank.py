@@ -1,9 +1,11 @@
 """Ranking and rank correlations: pure functions of the measured values.
 
-The probe ranking orders candidates by the SFT probe (d): first by `by` (`pass@1`, or
-`mean_reward`: pass@1 plus the format term's weight times the share of well-formed samples, the
-steadier score for a small student whose pass@1 is a few lucky samples), then pass@1, pass@k at
-the largest k, mean reward, and last by name (a deterministic last resort that never enters a
+The probe ranking orders candidates by the SFT probe (d): first by `by` (`pass@1`;
+`mean_reward`: pass@1 plus the format term's weight times the share of well-formed samples; or
+`format_ok`: the share of samples with a closed think block and an extractable answer within the
+token budget, the one signal a student too small to solve the problems still gives, where its
+pass@1 is a few lucky samples), then pass@1, pass@k at the largest k, mean reward, and last by
+name (a deterministic last resort that never enters a
 rank or a correlation: tied candidates share their rank).
 Each cheap measure is oriented so that larger is better (`ORIENTATION`: -NLL, -style distance,
 +verify rate) and compared with the probe ranking by Spearman's rho and Kendall's tau-b (ties
@@ -31,7 +33,7 @@ def largest_k(candidate: Mapping[str, Any]) -> int:
   return max(ks)
 
 
-RANK_BY = ("pass@1", "mean_reward")
+RANK_BY = ("pass@1", "mean_reward", "format_ok")
 
 
 def probe_key(candidate: Mapping[str, Any], by: str) -> tuple:

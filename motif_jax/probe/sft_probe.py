@@ -39,7 +39,7 @@ class ProbeSFTConfig:
   seed: int
   loss_impl: str
   eval_student: bool  # evaluate the student too (baseline)
-  rank_by: str  # the probe score ranked first: pass@1 | mean_reward (rank.RANK_BY)
+  rank_by: str  # the probe score ranked first: pass@1 | mean_reward | format_ok (rank.RANK_BY)
 
   def __post_init__(self):
     if self.rank_by not in rank.RANK_BY:
@@ -98,12 +98,13 @@ class Prober:
 
 
 def probe_metrics(result: evaluation.EvalResult, ks: Sequence[int]) -> dict[str, Any]:
-  """Flat `probe_*` measures of an evaluation: overall pass@k, mean reward, format errors, mean
-  length, and pass@k by difficulty."""
+  """Flat `probe_*` measures of an evaluation: overall pass@k, mean reward, format errors (and
+  their complement `format_ok`), truncation, mean length, and pass@k by difficulty."""
   overall = result.metrics["overall"]
   out: dict[str, Any] = {f"probe_pass@{k}": overall.get(f"pass@{k}", 0.0) for k in ks}
   for name in ("mean_reward", "format_error_rate", "truncation_rate", "mean_length"):
     out[f"probe_{name}"] = overall.get(name, 0.0)
+  out["probe_format_ok"] = 1.0 - out["probe_format_error_rate"]
   out["probe_by_difficulty"] = {
       level: {f"pass@{k}": m.get(f"pass@{k}", 0.0) for k in ks}
       for level, m in result.metrics["by_difficulty"].items()}
