@@ -62,15 +62,17 @@ def random_rl_batch(model: ModelConfig, rows: int, seq_len: int, *, prompt_len: 
   return pack_trajectories(trajectories, rows=rows, seq_len=seq_len)
 
 
-def _timed(fn, state, batch, steps: int) -> tuple[float, object]:
-  """Per-step wall seconds (median of `steps` calls) and the last state."""
-  seconds = []
+def _timed(fn, state, batch, steps: int) -> tuple[float, float, object]:
+  """Per-step wall and process-CPU seconds (medians of `steps` calls), and the last state.
+  CPU seconds are the steadier figure on a machine shared with other jobs."""
+  wall, cpu = [], []
   for _ in range(steps):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state, metrics = fn(state, batch)
     jax.block_until_ready((state, metrics))
-    seconds.append(time.perf_counter() - t0)
-  return statistics.median(seconds), state
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  return statistics.median(wall), statistics.median(cpu), state
 
 
 def _summary(values: list[float]) -> dict:
@@ -124,24 +126,30 @@ def run(config, rl: RLConfig, *, rounds: int, prompt_len: int) -> dict:
     for side in ("sft", "rl", "old_logprobs"):  # compile and warm up
       state = states["rl" if side == "old_logprobs" else side]
       t0 = time.perf_counter()
-      _, state = _timed(fns[side], state, batches[side], 1 + bench.warmup)
+      _, _, state = _timed(fns[side], state, batches[side], 1 + bench.warmup)
       compile_s[side] = time.perf_counter() - t0
       states["rl" if side == "old_logprobs" else side] = state
     per_round = {side: [] for side in fns}
+    cpu_round = {side: [] for side in fns}
     for r in range(rounds):
       order = ("sft", "rl", "old_logprobs") if r % 2 == 0 else ("old_logprobs", "rl", "sft")
       for side in order:
         key = "rl" if side == "old_logprobs" else side
-        seconds, states[key] = _timed(fns[side], states[key], batches[side], bench.steps)
-        per_round[side].append(seconds)
+        wall, cpu, states[key] = _timed(fns[side], states[key], batches[side], bench.steps)
+        per_round[side].append(wall)
+        cpu_round[side].append(cpu)
     _, metrics = rl_fn(states["rl"], rl_batch)
-  ratio = [r / s for r, s in zip(per_round["rl"], per_round["sft"])]
-  with_old = [(r + o) / s for r, o, s in zip(per_round["rl"], per_round["old_logprobs"],
-                                             per_round["sft"])]
+
+  def ratios(times):
+    return {"rl_over_sft": _summary([r / s for r, s in zip(times["rl"], times["sft"])]),
+            "rl_with_old_logprobs_over_sft": _summary(
+                [(r + o) / s for r, o, s in zip(times["rl"], times["old_logprobs"],
+                                                times["sft"])])}
   result.update(
       compile_and_warmup_s=compile_s,
       step_s={side: _summary(v) for side, v in per_round.items()},
-      rl_over_sft=_summary(ratio), rl_with_old_logprobs_over_sft=_summary(with_old),
+      cpu_s={side: _summary(v) for side, v in cpu_round.items()},
+      **ratios(per_round), cpu=ratios(cpu_round),
       tokens_per_s={side: result["tokens"] / statistics.median(v)
                     for side, v in per_round.items()},
       rl_metrics={k: float(v) for k, v in jax.device_get(metrics).items()
@@ -165,6 +173,8 @@ def table(result: dict) -> str:
                  f"{s['max'] * 1e3:>10.1f}")
   for key, name in (("rl_over_sft", "rl / sft"),
                     ("rl_with_old_logprobs_over_sft", "(rl + pi_old) / sft")):
-    s = result[key]
-    lines.append(f"  {name:<24}{s['min']:>10.3f}{s['median']:>11.3f}{s['max']:>10.3f}")
+    for clock, source in (("wall", result), ("cpu", result["cpu"])):
+      s = source[key]
+      lines.append(f"  {name + ' ' + clock:<24}{s['min']:>10.3f}{s['median']:>11.3f}"
+                   f"{s['max']:>10.3f}")
   return "\n".join(lines)
