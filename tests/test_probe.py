@@ -245,9 +245,11 @@ def test_config_errors_name_the_field(tiny_student, tmp_path):
 @pytest.mark.slow
 def test_smoke_probe_ranks_the_aligned_teacher_above_the_misaligned(tmp_path):
   out = run_probe(probe_config.get_config("smoke"), str(tmp_path), log=lambda _: None)
-  by = {c["name"]: c for c in out["candidates"]}
-  aligned, misaligned = by[toy_corpus.ALIGNED], by[toy_corpus.MISALIGNED]
-  # Strictly better on measured probe values, not by the name tie-break.
-  by = out["rank_by"]
-  assert rank.probe_key(aligned, by)[:-1] < rank.probe_key(misaligned, by)[:-1]
-  assert out["ranking"][0] == toy_corpus.ALIGNED and out["ranking"][-1] == toy_corpus.MISALIGNED
+  cands = {c["name"]: c for c in out["candidates"]}
+  key = lambda name: rank.probe_key(cands[name], out["rank_by"])[:-1]  # noqa: E731
+  # First, and strictly better on measured probe values (not by the name tie-break). Verbose vs
+  # misaligned is within the smoke's noise (README: 2 of 3 seeds order them as expected).
+  assert out["ranking"][0] == toy_corpus.ALIGNED
+  assert key(toy_corpus.ALIGNED) < key(toy_corpus.VERBOSE)
+  assert key(toy_corpus.ALIGNED) < key(toy_corpus.MISALIGNED)
+  assert all(c["trained_tokens"] == 2 * out["token_budget"] for c in cands.values())
