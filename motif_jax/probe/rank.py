@@ -5,8 +5,8 @@ The probe ranking orders candidates by the SFT probe (d): first by `by` (`pass@1
 `format_ok`: the share of samples with a closed think block and an extractable answer within the
 token budget, the one signal a student too small to solve the problems still gives, where its
 pass@1 is a few lucky samples), then pass@1, pass@k at the largest k, mean reward, and last by
-name (a deterministic last resort that never enters a
-rank or a correlation: tied candidates share their rank).
+name (a deterministic last resort that never enters a rank or a correlation: tied candidates
+share their rank).
 Each cheap measure is oriented so that larger is better (`ORIENTATION`: -NLL, -style distance,
 +verify rate) and compared with the probe ranking by Spearman's rho and Kendall's tau-b (ties
 share ranks); +1 means the cheap measure orders the candidates exactly as the probe does. A
@@ -15,11 +15,9 @@ correlation is None when it is undefined (fewer than two candidates, or a consta
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from scipy import stats
 
 CHEAP = ("nll", "style_distance", "verify_rate")
@@ -133,9 +131,3 @@ def recommendation(candidates: Sequence[Mapping[str, Any]],
   else:
     line += " No cheap measure agrees with the probe: keep probing before scaling."
   return line
-
-
-def mean_or_none(values: Sequence[float | None]) -> float | None:
-  """Mean of the defined values (None when none is)."""
-  kept = [v for v in values if v is not None and not math.isnan(v)]
-  return float(np.mean(kept)) if kept else None
