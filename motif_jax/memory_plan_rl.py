@@ -217,11 +217,12 @@ def plan_rl(model: ModelConfig, optim: OptimConfig, rl: RLConfig, mesh_shape: Ma
   if budget_bytes is not None:
     out["budget_bytes"] = int(budget_bytes)
     out["fits"] = out["per_device_bytes"] <= budget_bytes
-    # Sampler rows that fit beside everything resident (waves of this many rows per call).
-    per_row = kv_cache_bytes(model, mesh, rows=1, cache_len=shape.cache_len)
+    # Sampler rows that fit beside the resident state and the decode weights, in one call whose
+    # prompts take one prefill-cache row per device (a wave of at most one prompt per shard).
+    per_row = kv_cache_bytes(model, mesh, rows=1, cache_len=shape.cache_len)  # one per device
     free = budget_bytes - (params + opt + reference + sampler["decode_weight_bytes"])
     shards = shd.shard_count("batch", sampling.sampling_config(model).sharding, mesh_shape)
-    out["rollout_rows_that_fit"] = max(0, int(free // per_row)) * shards
+    out["rollout_rows_that_fit"] = max(0, int(free // per_row) - 1) * shards
   return out
 
 

@@ -136,10 +136,11 @@ def test_rl_plan_grows_by_the_hand_computed_kv_cache_and_reference(rl_plans):
     phases = {p: plan[f"{p}_bytes"] for p in ("rollout", "score", "update")}
     assert plan["per_device_bytes"] == max(phases.values()) == phases[plan["peak_phase"]]
     assert plan["fits"] == (plan["per_device_bytes"] <= memory_plan.GIB)
-    # Sampler rows that fit beside the resident state, whole rows per device, 2 devices.
+    # Sampler rows that fit beside the resident state and one prefill row, whole rows per
+    # device, 2 devices.
     free = memory_plan.GIB - (plan["param_bytes"] + plan["optimizer_bytes"]
                               + plan["reference_bytes"] + plan["decode_weight_bytes"])
-    assert plan["rollout_rows_that_fit"] == free // per_row * 2
+    assert plan["rollout_rows_that_fit"] == (free // per_row - 1) * 2
   # Here the π_old forward over all 16 rows at once (quadratic XLA attention at 1024) is the peak.
   assert base["peak_phase"] == "score" and ref["per_device_bytes"] > base["per_device_bytes"]
 
