@@ -7,8 +7,13 @@
 runs through the sweep launcher on bases of this same file: `run=sft` (experiments.sft on the
 quickstart ladder: the 2-layer tiny Motif model, small-number toy problems of difficulty 1-4),
 `run=rl` (experiments.rl from an SFT run of the study), `run=memory` (motif_jax.reproduce.memory,
-kernel and step memory at the Motif shapes), `run=probe` (experiments.probe_teachers: configs/probe.py). Each point's overrides (data, filters, seed, steps)
-are listed in DIR/<part>/sweep_points.py.
+kernel and step memory at the Motif shapes), `run=probe` (the teacher probe, configs/probe.py, via
+motif_jax.reproduce.probe_task). Each point's overrides (data, filters, seed, steps) are listed in
+DIR/<phase>/sweep_points.py.
+
+Full: 3 SFT seeds x 5 data conditions + 3 two-stage curricula at 300,000 completion tokens each,
+2 RL seeds x 4 conditions x 10 rollout batches, 1 probe run, memory at the Motif shapes (about an
+hour on 2 cores, estimated). Smoke: 1 seed, 2,500 tokens per SFT run, 2 RL batches.
 
 Variants: smoke (seconds per run: the smoke model, a few steps; ~3 min on 2 cores),
 run=study|sft|rl|memory|probe.
@@ -25,7 +30,7 @@ def study_section(smoke: bool) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       variant="smoke" if smoke else "",  # what run=... bases add (configs/reproduce.py:VARIANT)
       parts="data,curriculum,probe,rl,memory",  # which parts to run (report sections follow)
-      seeds=2 if smoke else 3,  # SFT seeds (train.seed = data.seed = s)
+      seeds=1 if smoke else 3,  # SFT seeds (train.seed = data.seed = s); smoke: time, not stats
       rl_seeds=1 if smoke else 2,
       probe_seeds=1,  # teacher-probe runs (each probes all three toy teachers)
       parallel=2,  # points at once on the local launcher
@@ -78,7 +83,7 @@ def memory_run(smoke: bool) -> ml_collections.ConfigDict:
       kernel_json=study_section(smoke).memory_kernel_json,  # "" = compile the kernels now
       # Planner cells: the model config, mesh, tokens per sequence, remat; both loss paths.
       plan_config="configs/tiny.py:smoke" if smoke else "configs/motif2_12b.py",
-      plan_mesh="data=1,fsdp=1,tensor=1,sequence=1" if smoke else "data=1,fsdp=1,tensor=1,sequence=8",
+      plan_mesh=f"data=1,fsdp=1,tensor=1,sequence={1 if smoke else 8}",
       plan_seq_len=256 if smoke else 65_536,
       plan_remat="none" if smoke else "full",
       plan_loss_impls="xla,reference",  # fused chunked loss vs full [tokens, vocab] logits
@@ -95,7 +100,7 @@ def probe_run(smoke: bool) -> ml_collections.ConfigDict:
     config.student_sft.optim.decay_steps = 10
     config.data.toy.heldout_per_difficulty = 1
     config.probe.update(dict(epochs=1, token_budget=1000))
-    config.eval.update(dict(num_samples=2, max_new_tokens=32))
+    config.eval.update(dict(num_samples=2, ks="1,2", max_new_tokens=32))
   else:  # half the probe's default student training and samples: it runs beside the SFT runs
     config.student_sft.train.num_steps = 150
     config.student_sft.optim.decay_steps = 150

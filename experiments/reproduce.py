@@ -10,6 +10,9 @@ writes DIR/report.md, DIR/report.html (plots inline) and DIR/results.json. Resum
 same command again; finished runs are reused, interrupted ones resume from their checkpoints.
 """
 
+import shlex
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,7 +31,9 @@ def main(argv):
   config_file, _, study_arg = flags.FLAGS["config"].config_filename.partition(":")
   try:
     run.reproduce(_CONFIG.value.study, config_file=config_file, study_arg=study_arg,
-                  workdir=_WORKDIR.value, launcher=_LAUNCHER.value)
+                  workdir=_WORKDIR.value, launcher=_LAUNCHER.value,
+                  command=" ".join(["python -m experiments.reproduce", *map(shlex.quote,
+                                                                             sys.argv[1:])]))
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
 

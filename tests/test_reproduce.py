@@ -171,13 +171,13 @@ def test_report_sections_and_verdicts_from_hand_built_results(hand_built_report)
   # Section 3: NLL agrees with the probe's SFT on both seeds (rho +1, +1): supported; style
   # +1 then +0.5: partial; verify rate constant: undefined; the probe ranks the aligned teacher
   # first as the study's SFT runs do (0.6 vs 0.3).
-  checks = {lesson.split(" orders")[0]: v.label for lesson, v in sections[2].checks}
+  checks = {lesson.split(" orders")[0]: v.label for lesson, _, v in sections[2].checks}
   assert checks["(a) student NLL"] == stats.SUPPORTED
   assert checks["(b) style distance"] == stats.INCONCLUSIVE
   assert checks["(c) verify rate"] == stats.INCONCLUSIVE
-  assert sections[2].checks[-1][1].label == stats.SUPPORTED
+  assert sections[2].checks[-1][2].label == stats.SUPPORTED
   # Section 6 from the committed kernel benchmark: fused below naive everywhere.
-  assert sections[5].checks[0][1].label == stats.SUPPORTED
+  assert sections[5].checks[0][2].label == stats.SUPPORTED
   # Every judgement states its numbers.
   for s in sections:
     for _, _, label, reason in report.verdict_lines(s):

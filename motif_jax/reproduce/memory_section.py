@@ -49,7 +49,8 @@ def memory(results: dict, commands: list[str]) -> Section:
   ce_rows, ce_wins, ce_bars = _kernel_rows(kernels, "cross_entropy", "temp_bytes_T")
   at_rows, at_wins, at_bars = _kernel_rows(kernels, "attention", "temp_bytes_S")
   section.tables.append(Table(
-      f"Temp memory of loss + gradients, GiB (AOT compile, nothing allocated; {data['kernel_source']}"
+      "Temp memory of loss + gradients, GiB (AOT compile, nothing allocated; "
+      f"{data['kernel_source']}"
       "). Cross-entropy at D=4,096, V=219,520, bf16; GDA attention with 40 query / 16 KV heads, "
       "head dim 128, bf16.", ["shape", "naive GiB", "fused GiB", "naive / fused"],
       ce_rows + at_rows))
@@ -81,7 +82,7 @@ def memory(results: dict, commands: list[str]) -> Section:
                           "the naive path's at every measured shape (deterministic compiler "
                           "figures: no seeds).")
   section.checks.append(("the fused loss and flash attention need less memory than the naive "
-                         "paths", stats.Verdict(label, reason)))
+                         "paths", "AOT temp bytes, naive vs fused", stats.Verdict(label, reason)))
   if ce_bars or at_bars:
     section.figures.append(plots.bars("memory", "Temp memory, naive vs fused (GiB, log scale)",
                                       {**ce_bars, **at_bars}, "GiB", log=True))

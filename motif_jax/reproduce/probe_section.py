@@ -64,26 +64,28 @@ def section(results: dict, study, commands: list[str]) -> Section:
   for key, label, _ in CHEAP:
     rhos = [p["correlations"][key]["spearman"] for p in probes]
     out.checks.append((f"{label} orders the teachers as SFT on their traces does",
-                       measure_check(label, rhos)))
+                       "Spearman rho with the probe's SFT ranking", measure_check(label, rhos)))
   out.checks.append(_study_cross_check(results, probes))
   out.notes.append("Probe recommendation (seed 0): " + probes[0]["recommendation"])
   out.notes += missing_note(points)
   return out
 
 
-def _study_cross_check(results: dict, probes: list[dict]) -> tuple[str, stats.Verdict]:
+def _study_cross_check(results: dict, probes: list[dict]) -> tuple[str, str, stats.Verdict]:
   """Does the probe put the aligned teacher above the misaligned one, as the study's own,
   larger SFT runs (section 1) do?"""
   lesson = "the probe ranks the aligned and misaligned teachers as the study's SFT runs do"
+  measured = "probe ranking vs the study's SFT pass@1 (section 1)"
   by = by_condition(results["phases"].get("data", []))
   means = {c: np.mean([p["final"][PASS1] for p in by.get(c, {}).values()] or [math.nan])
            for c in TEACHERS.values()}
   if any(math.isnan(v) for v in means.values()):
-    return lesson, stats.Verdict(stats.INCONCLUSIVE, "the study's aligned / misaligned SFT runs "
-                                                     "have not finished")
+    return lesson, measured, stats.Verdict(
+        stats.INCONCLUSIVE, "the study's aligned / misaligned SFT runs have not finished")
   if means["aligned"] == means["misaligned"]:
-    return lesson, stats.Verdict(stats.INCONCLUSIVE, f"the study's SFT runs tie at pass@1 "
-                                                     f"{means['aligned']:.3f}: nothing to rank")
+    return lesson, measured, stats.Verdict(
+        stats.INCONCLUSIVE, f"the study's SFT runs tie at pass@1 {means['aligned']:.3f}: nothing "
+                            "to rank")
   study_first = max(means, key=means.get)
   agree = [TEACHERS[min((t for t in p["ranking"] if t in TEACHERS),
                         key=p["ranking"].index)] == study_first for p in probes]
@@ -92,4 +94,4 @@ def _study_cross_check(results: dict, probes: list[dict]) -> tuple[str, stats.Ve
           f"{sum(agree)} of {len(agree)} seed(s)")
   label = (stats.SUPPORTED if all(agree) else
            stats.NOT_SUPPORTED if not any(agree) else stats.INCONCLUSIVE)
-  return lesson, stats.Verdict(label, text)
+  return lesson, measured, stats.Verdict(label, text)

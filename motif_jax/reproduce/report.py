@@ -17,7 +17,7 @@ def verdict_lines(section: Section) -> list[tuple[str, str, str, str]]:
   """(lesson, measured by, verdict label, reason with its numbers) for every judgement."""
   out = [(c.lesson, f"{c.metric}: {c.better} vs {c.worse}", c.verdict.label,
           f"{c.verdict.reason}; {c.budget}") for c in section.comparisons]
-  out += [(lesson, "deterministic figures", v.label, v.reason) for lesson, v in section.checks]
+  out += [(lesson, measured, v.label, v.reason) for lesson, measured, v in section.checks]
   return out
 
 

@@ -25,12 +25,11 @@ from motif_jax.reproduce.sections import Section
 TITLE = "The Motif recipe's lessons at small scale"
 
 
-def part_commands(part: str, phase_list, options: launch.LaunchOptions, study_arg: str
+def part_commands(part: str, phase_list, options: launch.LaunchOptions, command: str
                   ) -> list[str]:
   """The study command restricted to `part`, then each of its phases' own sweep command."""
-  config = f"--config={options.config_file}" + (f":{study_arg}" if study_arg else "")
-  out = [f"python -m experiments.reproduce --workdir={options.workdir} {config} "
-         f"--config.study.parts={part} --launcher={options.launcher}"]
+  words = [w for w in command.split(" ") if not w.startswith("--config.study.parts=")]
+  out = [" ".join([*words, f"--config.study.parts={part}"])]
   for phase in phase_list:
     if phase.part == part:
       out.append(launch.command(launch.sweep_run(phase, options)))
@@ -71,18 +70,15 @@ def sections_for(results: dict, study, commands: dict[str, list[str]]) -> list[S
   return out
 
 
-def meta_for(study, results: dict, options: launch.LaunchOptions, study_arg: str,
-             status: dict[str, str], wall_s: float) -> dict:
+def meta_for(study, results: dict, status: dict[str, str], wall_s: float, command: str) -> dict:
   sft_points = [p for name in ("data", "curriculum_stage1", "curriculum_stage2")
                 for p in results["phases"].get(name, [])]
   steps = [p["steps"] for p in sft_points if p["steps"]]
   run_walls = [p["wall_s"] for ps in results["phases"].values() for p in ps if p["wall_s"]]
-  config = f"--config={options.config_file}" + (f":{study_arg}" if study_arg else "")
   intro = [
-      f"Made {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
-      f"`python -m experiments.reproduce --workdir={options.workdir} {config} "
-      f"--launcher={options.launcher}`; this invocation took {wall_s / 60:.1f} min, the runs "
-      f"it reports {sum(run_walls) / 60:.1f} min of run time in all.",
+      f"Made {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `{command}`; "
+      f"this invocation took {wall_s / 60:.1f} min, the runs it reports "
+      f"{sum(run_walls) / 60:.1f} min of run time in all.",
       f"Scale: {study.seeds} seeds per SFT condition, {study.rl_seeds} per RL condition; every "
       f"SFT run trains on {study.sft_budget_tokens:,} completion tokens (counted: its steps come "
       f"from its own data pipeline, {min(steps, default=0)}-{max(steps, default=0)} steps; the "
@@ -100,7 +96,7 @@ def meta_for(study, results: dict, options: launch.LaunchOptions, study_arg: str
 
 
 def reproduce(study, *, config_file: str, study_arg: str, workdir: str, launcher: str = "local",
-              log: Callable[[str], None] = print) -> dict:
+              command: str = "", log: Callable[[str], None] = print) -> dict:
   """Run (or resume) the study; returns {"sections", "paths", "results"}."""
   start = time.perf_counter()
   options = launch.LaunchOptions(config_file=config_file, variant=study.variant,
@@ -109,10 +105,13 @@ def reproduce(study, *, config_file: str, study_arg: str, workdir: str, launcher
   phase_list = phases_lib.plan(study, config_file, options.workdir, log=log)
   status = launch.run_phases(phase_list, options, log=log)
   results = collect.collect(phase_list, options.workdir)
-  commands = {part: part_commands(part, phase_list, options, study_arg)
+  config = f"--config={config_file}" + (f":{study_arg}" if study_arg else "")
+  command = command or (f"python -m experiments.reproduce --workdir={options.workdir} {config} "
+                        f"--launcher={launcher}")
+  commands = {part: part_commands(part, phase_list, options, command)
               for part in phases_lib.PARTS}
   sections = sections_for(results, study, commands)
-  meta = meta_for(study, results, options, study_arg, status, time.perf_counter() - start)
+  meta = meta_for(study, results, status, time.perf_counter() - start, command)
   paths = report.write(options.workdir, sections, meta)
   Path(options.workdir, "results.json").write_text(json.dumps(
       {"results": results, "verdicts": [

@@ -44,7 +44,8 @@ class Section:
   reason: str = ""  # why not run / what is missing
   tables: list[Table] = dataclasses.field(default_factory=list)
   comparisons: list[Comparison] = dataclasses.field(default_factory=list)
-  checks: list[tuple[str, stats.Verdict]] = dataclasses.field(default_factory=list)  # unpaired
+  # Unpaired judgements: (lesson, what measured it, verdict).
+  checks: list[tuple[str, str, stats.Verdict]] = dataclasses.field(default_factory=list)
   figures: list[plots.Figure] = dataclasses.field(default_factory=list)
   notes: list[str] = dataclasses.field(default_factory=list)
   commands: list[str] = dataclasses.field(default_factory=list)
@@ -123,7 +124,8 @@ def budget_text(tokens_a: Sequence[float], tokens_b: Sequence[float]) -> str:
   if not pairs:
     return "trained tokens not logged"
   gap = max(abs(a - b) / max(a, b) for a, b in pairs)
-  return (f"trained tokens {_mean([a for a, _ in pairs]):,.0f} vs {_mean([b for _, b in pairs]):,.0f}"
+  mean_a, mean_b = _mean([a for a, _ in pairs]), _mean([b for _, b in pairs])
+  return (f"trained tokens {mean_a:,.0f} vs {mean_b:,.0f}"
           f" (largest paired gap {100 * gap:.1f}%)")
 
 
