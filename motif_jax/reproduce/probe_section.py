@@ -49,18 +49,20 @@ def section(results: dict, study, commands: list[str]) -> Section:
     out.notes += missing_note(points)
     return out
   names = [c["name"] for c in probes[0]["candidates"]]
+  rank_by = probes[0].get("rank_by", "pass@1")  # what the probe ranks its SFT outcome by
   rows = []
   for name in names:
     cs = [c for p in probes for c in p["candidates"] if c["name"] == name]
     rows.append([name, *[fmt(float(np.mean([c[k] for c in cs])), ".3f") for k, _, _ in CHEAP],
                  mean_sd_ci([c["probe_pass@1"] for c in cs], study.confidence),
+                 fmt(float(np.mean([c.get(f"probe_{rank_by}", math.nan) for c in cs]))),
                  f"{np.mean([p['ranking'].index(name) + 1 for p in probes]):.1f}"])
   out.tables.append(Table(
       f"Probe measures per teacher (mean over {len(probes)} probe seed(s)); (d) is the probe's "
       f"own short SFT from the student on {probes[0]['token_budget']:,} completion tokens per "
-      "epoch, pass@1 on held-out problems",
-      ["teacher", *[label for _, label, _ in CHEAP], "(d) SFT probe pass@1", "rank by (d)"],
-      rows))
+      f"epoch, evaluated on held-out problems and ranked by {rank_by}",
+      ["teacher", *[label for _, label, _ in CHEAP], "(d) pass@1", f"(d) {rank_by}",
+       "rank by (d)"], rows))
   for key, label, _ in CHEAP:
     rhos = [p["correlations"][key]["spearman"] for p in probes]
     out.checks.append((f"{label} orders the teachers as SFT on their traces does",
