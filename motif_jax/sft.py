@@ -47,7 +47,7 @@ def sft_loss(params, batch: dict, cfg: SFTConfig) -> tuple[jax.Array, dict]:
   return loss_sum, {"tokens": count}
 
 
-def _split_microbatches(batch: dict, m: int, rules: shd.ShardingRules) -> dict:
+def split_microbatches(batch: dict, m: int, rules: shd.ShardingRules) -> dict:
   def split(x_bt):
     b = x_bt.shape[0]
     if b % m:
@@ -81,7 +81,7 @@ def accumulate(loss_fn, params, batch: dict, *, num_microbatches: int, model: Mo
     (loss, aux), grads = grad_fn(params, batch)
     return (loss, jax.tree.map(lambda a: a[None], aux),
             jax.tree.map(lambda g: g.astype(jnp.float32), grads))
-  micro = _split_microbatches(batch, num_microbatches, model.sharding)
+  micro = split_microbatches(batch, num_microbatches, model.sharding)
 
   def body(carry, mb):
     loss_acc, grad_acc = carry

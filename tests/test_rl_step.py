@@ -96,6 +96,19 @@ def test_microbatched_rl_update_equals_the_full_batch(setup):
   assert float(step_size) > 1e-3 and float(delta) < 1e-5 * float(step_size)
 
 
+def test_microbatched_old_logprobs_equal_one_pass_in_row_order(setup):
+  """π_old scoring in strided micro-batches (the rollout batch's scoring memory) gives each
+  row its own log-probs, equal to one forward pass over the whole batch."""
+  model, params, _, _ = setup
+  batch = rl_batch(model, seed=3)
+  one = jit_old_logprobs(RLStepConfig(model, RL))(params, batch)
+  four = jit_old_logprobs(RLStepConfig(model, RL, num_microbatches=4))(params, batch)
+  assert one.shape == (B, T) and float(jnp.abs(one).sum()) > 0
+  np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-6)
+  # rows are not exchangeable: a wrong un-split would put another row's values here
+  assert float(jnp.abs(one[0] - one[1]).max()) > 1e-3
+
+
 def test_rollout_metrics_per_domain_hand_values(setup):
   model, params, sgd, steps = setup
   batch = rl_batch(model)

@@ -27,7 +27,7 @@ from motif_jax.model import ModelConfig, forward
 from motif_jax.rl import objectives as obj
 from motif_jax.rl.config import RLConfig
 from motif_jax.sft import BATCH_KEYS as SFT_KEYS
-from motif_jax.sft import accumulate, apply_gradients
+from motif_jax.sft import split_microbatches, accumulate, apply_gradients
 from motif_jax.train_state import TrainState
 from pallas_kernels.fused_cross_entropy import BlockSizes
 
@@ -150,9 +150,24 @@ def jit_rl_step(cfg: RLStepConfig, optimizer, schedule, state_shardings=None,
                  donate_argnums=0, **kwargs)
 
 
+def old_logprobs(params, batch: dict, cfg: RLStepConfig) -> jax.Array:
+  """π_old (or reference) log-probs [B, T] of a batch: a forward pass without gradient, in
+  cfg.num_microbatches strided micro-batches as the update takes them, so scoring a rollout
+  batch never needs more activation memory than one micro-batch of the step."""
+  keys = ("tokens", "targets", "segment_ids", "positions", "loss_mask")
+  batch = {k: batch[k] for k in keys}
+  m = cfg.num_microbatches
+  if m == 1:
+    return policy_logprobs(params, batch, cfg)[0]
+  micro = split_microbatches(batch, m, cfg.model.sharding)
+  logp_mbt = jax.lax.map(lambda mb: policy_logprobs(params, mb, cfg)[0], micro)
+  b = batch["tokens"].shape[0]
+  return logp_mbt.swapaxes(0, 1).reshape(b, *logp_mbt.shape[2:])  # undo the strided split
+
+
 def jit_old_logprobs(cfg: RLStepConfig, params_shardings=None, batch_sharding=None):
-  """π_old log-probs of a batch under given params (a forward pass, no gradient), jitted."""
-  fn = lambda params, batch: policy_logprobs(params, batch, cfg)[0]  # noqa: E731
+  """`old_logprobs` jitted (in/out shardings when given)."""
+  fn = functools.partial(old_logprobs, cfg=cfg)
   if params_shardings is None:
     return jax.jit(fn)
   return jax.jit(fn, in_shardings=(params_shardings, batch_sharding), out_shardings=batch_sharding)
