@@ -302,3 +302,10 @@ def test_metric_summary_skips_torn_lines_and_non_finite_values(tmp_path):
   assert (out["final/l"], out["best/l"]) == (2.5, 2.0)
   assert out["final/absent"] != out["final/absent"]  # NaN: never logged
   assert results.metric_summary(tmp_path / "m.jsonl", ["l"], "max")["best/l"] == 3.0
+
+
+def test_results_of_an_unswept_run_still_write_a_plot(tmp_path):
+  """A study's single point (nothing swept) gets its table and a per-point plot, no crash."""
+  rows = [{"point": "only", "status": "done", "final/loss": 1.5, "best/loss": 1.2}]
+  out = results.write_all(rows, tmp_path, fields=[], metric="loss", goal="min")
+  assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

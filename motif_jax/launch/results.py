@@ -79,6 +79,9 @@ def plot(rows: Sequence[dict], path: Path, *, fields: Sequence[str], metric: str
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
+  if not fields:  # a single point or a list of unswept runs: the metric per point
+    rows = [dict(r, point=i) for i, r in enumerate(rows)]
+    fields = ("point",)
   fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.2), squeeze=False)
   for ax, field in zip(axes[0], fields):
     pairs = [(r[field], r[f"final/{metric}"]) for r in rows
