@@ -141,8 +141,10 @@ def test_rl_plan_grows_by_the_hand_computed_kv_cache_and_reference(rl_plans):
     free = memory_plan.GIB - (plan["param_bytes"] + plan["optimizer_bytes"]
                               + plan["reference_bytes"] + plan["decode_weight_bytes"])
     assert plan["rollout_rows_that_fit"] == (free // per_row - 1) * 2
-  # Here the π_old forward over all 16 rows at once (quadratic XLA attention at 1024) is the peak.
-  assert base["peak_phase"] == "score" and ref["per_device_bytes"] > base["per_device_bytes"]
+  # π_old is scored in the update's 4 micro-batches, so the score pass (no gradients, no
+  # optimizer temporaries) stays below the update, which is the peak here.
+  assert base["peak_phase"] == "update" and base["score_bytes"] < base["update_bytes"]
+  assert ref["per_device_bytes"] > base["per_device_bytes"]
 
 
 def test_kv_cache_estimate_bounds_the_compiled_sampler():
