@@ -2,11 +2,15 @@
 
 Every field must be given (defaults live in configs/, not here); unknown and missing fields,
 and errors of nested sections, name the dotted config path (`data.filters.verify.methods`).
+A section's own checks name its usual path (its class attribute `CONFIG_PATH`, e.g.
+`data.toy`); where a config holds it elsewhere (`toy` in configs/evaluate.py) the message is
+rewritten to the path the user typed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -33,4 +37,11 @@ def build(cls: type, config: Mapping[str, Any], path: str) -> Any:
     elif isinstance(value, list):
       value = tuple(value)
     kwargs[name] = value
-  return cls(**kwargs)
+  try:
+    return cls(**kwargs)
+  except ValueError as e:
+    usual = getattr(cls, "CONFIG_PATH", None)
+    if not usual or usual == path:
+      raise
+    message = re.sub(rf"(?<![\w.]){re.escape(usual)}(?=[.= ])", path, str(e))
+    raise ValueError(message) from e

@@ -127,3 +127,23 @@ def test_saved_configs_without_a_newer_runtime_field_load_with_its_default():
   missing_arch = checkpoint.config_to_json(cfg).replace('  "d_ff": %d,\n' % cfg.d_ff, "")
   with pytest.raises(ValueError, match=r"missing model config fields: model\.d_ff"):
     checkpoint.config_from_json(missing_arch)
+
+
+@pytest.mark.parametrize("section,cls,edit,message", [
+    ("fields", "FieldsConfig", ("prompt", ""), "fields.prompt must name an input field"),
+    ("toy", "ToyConfig", ("ladder", "huge"), "toy.ladder='huge' must be one of"),
+    ("template", "ChatTemplate", ("kind", "x"), "template.kind='x' must be one of"),
+])
+def test_section_errors_name_the_path_the_config_holds_it_at(section, cls, edit, message):
+  """configs/evaluate.py holds the data sections at top level (`fields`, not `data.fields`): a
+  section's own check names the path the user typed, not its usual one."""
+  from configs import evaluate
+  from motif_jax import typed_config
+  from motif_jax.data import config as data_config, template
+  config = evaluate.get_config()
+  config[section][edit[0]] = edit[1]
+  kind = getattr(data_config, cls, None) or getattr(template, cls)
+  with pytest.raises(ValueError) as err:
+    typed_config.build(kind, config[section], section)
+  assert str(err.value).startswith(message), str(err.value)
+  assert "data." not in str(err.value)

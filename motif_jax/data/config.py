@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from motif_jax import typed_config
 from motif_jax.data.template import ChatTemplate
@@ -161,6 +161,7 @@ class FilterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig:
+  CONFIG_PATH: ClassVar[str] = "data.toy"  # error messages; see typed_config.build
   seed: int
   domains: tuple[str, ...]  # from "arith,lists,code" (motif_jax.data.toy_problems.DOMAINS)
   problems: int  # per domain
@@ -192,6 +193,7 @@ class ToyConfig:
 @dataclasses.dataclass(frozen=True)
 class FieldsConfig:
   """The input field that holds each part of a record (`data.fields.prompt=problem`, ...)."""
+  CONFIG_PATH: ClassVar[str] = "data.fields"  # error messages; see typed_config.build
 
   prompt: str  # user text (record format), or the prompt (prompt_completion)
   response: str  # think block + final answer (record format)

@@ -15,6 +15,7 @@ and `eos` becomes the model's `eos_token` (tokenizer_config.json).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from motif_jax.data import chat_template
 
@@ -24,6 +25,7 @@ KINDS = ("motif", "hf")
 @dataclasses.dataclass(frozen=True)
 class ChatTemplate:
   """Turn tags and reasoning markers; `system` is the system prompt ("" = no system turn)."""
+  CONFIG_PATH: ClassVar[str] = "data.template"  # error messages; see typed_config.build
 
   system: str = ""
   system_tag: str = "<|system|>"
