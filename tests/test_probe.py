@@ -253,3 +253,24 @@ def test_smoke_probe_ranks_the_aligned_teacher_above_the_misaligned(tmp_path):
   assert key(toy_corpus.ALIGNED) < key(toy_corpus.VERBOSE)
   assert key(toy_corpus.ALIGNED) < key(toy_corpus.MISALIGNED)
   assert all(c["trained_tokens"] == 2 * out["token_budget"] for c in cands.values())
+
+
+def test_toy_student_trains_on_one_reference_path_even_with_a_comma_in_the_workdir(
+    tmp_path, monkeypatch):
+  """student=toy trains on WORKDIR/student/target_sample.jsonl: one path, not split at a comma
+  of the workdir's name into two missing files."""
+  from motif_jax.probe import run as probe_run
+  seen = {}
+
+  def fake_train(config, workdir, log):
+    seen["inputs"] = DataConfig.from_config_dict(config.data).inputs
+    seen["workdir"] = workdir
+
+  monkeypatch.setattr(probe_run.trainer, "train", fake_train)
+  config = _tiny_probe_config("toy")
+  workdir = tmp_path / "probe,v2"
+  probe_run.student_dir(config, probe_run.ProbeRun.from_config_dict(config), workdir,
+                        lambda _: None)
+  reference = workdir / probe_run.STUDENT / "target_sample.jsonl"
+  assert seen["inputs"] == (str(reference),)
+  assert reference.stat().st_size > 0

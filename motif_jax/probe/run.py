@@ -122,11 +122,14 @@ def student_dir(config, run: ProbeRun, workdir: Path, log: Callable[[str], None]
   if (final / checkpoint.CONFIG_FILE).exists():
     log(f"student: {final} (trained before)")
     return final
-  sft = ml_collections.ConfigDict(config.student_sft.to_dict())
-  toy = DataConfig.from_config_dict(sft.data).toy
+  values = config.student_sft.to_dict()
+  toy = DataConfig.from_config_dict(values["data"]).toy
   reference = run_dir / "target_sample.jsonl"
   sources.write_records(str(reference), toy_corpus.reference(toy))
-  sft.data.inputs = str(reference)  # the target's own outputs, never a candidate's traces
+  # The target's own outputs, never a candidate's traces; a one-path list, not a comma-separated
+  # string, so that a workdir with a comma in its name stays one path.
+  values["data"]["inputs"] = [str(reference)]
+  sft = ml_collections.ConfigDict(values)
   sft.mesh = config.mesh
   log(f"student: training the toy target model on {reference}")
   trainer.train(sft, str(run_dir), log=log)
