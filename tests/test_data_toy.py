@@ -100,3 +100,13 @@ def test_ladder_is_chosen_by_the_toy_config_and_checked():
   assert {p.difficulty for p in toy_corpus.heldout(cfg)} == {1, 2}
   with pytest.raises(ValueError, match=r"data.toy.ladder='tiny' must be one of"):
     small_config(toy=dict(ladder="tiny"))
+
+
+def test_heldout_fails_with_the_field_to_change_when_training_uses_up_the_easy_problems():
+  """The small ladder has about 540 one-step arithmetic prompts: 8,000 training problems of
+  difficulty 1 take all of them, so no held-out one exists (this looped forever before)."""
+  cfg = dataclasses.replace(small_config().toy, ladder="small", domains=("arith",),
+                            problems=8000, min_steps=1, max_steps=1, heldout_per_difficulty=5)
+  with pytest.raises(ValueError, match=r"data.toy: only \d+ held-out arith problems of "
+                                       r"difficulty 1 .* lower data.toy.problems"):
+    toy_corpus.heldout(cfg)

@@ -225,6 +225,9 @@ def reference(cfg: ToyConfig) -> list[Record]:
           for i, p in enumerate(problems(cfg, "reference", cfg.reference_size))]
 
 
+_HELDOUT_TRIES = 200  # draws per wanted held-out problem before the space counts as used up
+
+
 def heldout(cfg: ToyConfig) -> list[Problem]:
   """`heldout_per_difficulty` problems per domain and difficulty, none with a training prompt."""
   seen = {p.prompt for p in problems(cfg, "train", cfg.problems)}
@@ -232,13 +235,22 @@ def heldout(cfg: ToyConfig) -> list[Problem]:
   out = []
   for domain in cfg.domains:
     for steps in range(cfg.min_steps, cfg.max_steps + 1):
-      found = 0
+      found = misses = 0
       while found < cfg.heldout_per_difficulty:
         problem = make_problem(rng, domain, steps, cfg.ladder)
-        if problem.prompt not in seen:
-          seen.add(problem.prompt)
-          out.append(problem)
-          found += 1
+        if problem.prompt in seen:
+          misses += 1
+          if misses > _HELDOUT_TRIES * cfg.heldout_per_difficulty:  # the space is used up
+            raise ValueError(
+                f"data.toy: only {found} held-out {domain} problems of difficulty {steps} are "
+                f"not training prompts after {misses} tries (the {cfg.ladder!r} ladder has few "
+                f"such problems and data.toy.problems={cfg.problems} uses most of them): lower "
+                "data.toy.problems or data.toy.heldout_per_difficulty, or raise "
+                "data.toy.min_steps")
+          continue
+        seen.add(problem.prompt)
+        out.append(problem)
+        found += 1
   return out
 
 
