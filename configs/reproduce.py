@@ -59,7 +59,7 @@ def sft_run(smoke: bool) -> ml_collections.ConfigDict:
     config.train.update(dict(eval_problems=2, max_new_tokens=16))
   else:
     # 25 held-out problems per domain and tier (200 in all): pass@1 in steps of 0.005.
-    config.train.update(dict(eval_problems=25, max_new_tokens=192))
+    config.train.update(dict(eval_problems=25, max_new_tokens=128))
     config.ckpt.every = 100
   return config
 

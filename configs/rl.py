@@ -122,11 +122,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              prompts="", eval_problems=0, num_microbatches=16,
                              loss_impl="pallas"))  # prompts: pass your math/code records
   if args.quickstart:
-    # The toy ladder's answers fit 192 tokens (the longest: 185) and its prompts 190, so two
-    # trajectories always fit a 768-token row. A higher LR than the default's 1e-4: SFT ends at
-    # 3e-4 and 20 batches at 1e-4 barely move the tiny model.
-    config.train.update(dict(prompts_per_batch=8, rows=32, seq_len=768, max_new_tokens=192,
-                             eval_problems=100, eval_max_new_tokens=192, log_every=1))
+    # In toy word tokens the ladder's answers fit 128 tokens (the longest: 111) and its prompts
+    # 64 (57), so two trajectories always fit a 384-token row. A higher LR than the default's
+    # 1e-4: SFT ends at 3e-4 and 20 batches at 1e-4 barely move the tiny model.
+    config.train.update(dict(prompts_per_batch=8, rows=32, seq_len=384, max_new_tokens=128,
+                             eval_problems=100, eval_max_new_tokens=128, log_every=1))
     config.optim.learning_rate = 3e-4
     num_steps.set(args.steps or 20)
     config.ckpt.every = 10

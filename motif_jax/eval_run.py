@@ -25,7 +25,7 @@ from motif_jax.data import formats, sources, toy_corpus
 from motif_jax.data.config import FieldsConfig, ToyConfig
 from motif_jax.data.records import ParseCounts, Record
 from motif_jax.data.template import ChatTemplate
-from motif_jax.data.tokenizer import load_tokenizer
+from motif_jax.data.tokenizer import check_fits, load_tokenizer
 from motif_jax.rl import rewards
 
 SAMPLES, RESULT, REPORT, CONFIG = "samples.jsonl", "eval.json", "eval.md", "config.json"
@@ -148,6 +148,8 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict[str
   start = time.perf_counter()
   with jax.set_mesh(mesh), rewards.Scorer(reward_cfg) as scorer:
     model, params = checkpoint.restore_params(source, mesh=mesh)
+    check_fits(tokenizer, model.vocab_size, f"tokenizer={config.tokenizer or 'bytes'!r}",
+               "the checkpoint's model vocab_size")
     result = evaluation.evaluate(params, records, eval_cfg, model=model, tokenizer=tokenizer,
                                  template=template, scorer=scorer, skip=done,
                                  on_rows=lambda rows: _write_rows(samples, rows, mode="a"),

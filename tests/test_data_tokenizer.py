@@ -48,3 +48,49 @@ def test_hugging_face_tokenizer_json(tmp_path):
                  tok.token_id("<think>")]
   import pickle
   assert pickle.loads(pickle.dumps(tok)).encode("b a") == [2, 1]  # Grain workers pickle it
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer():
+  return load_tokenizer("toy", TEMPLATE.special_tokens())
+
+
+@pytest.mark.parametrize("text", [
+    "<|user|>Start with 17. Add 5, then multiply by 3.<|assistant|><think>\n1. 17 + 5 = 22\n"
+    "</think>\n\\boxed{22}<|endoftext|>",
+    "Ünïcode 250 x2 007 -4 0 199 200 Hello  world\t\n",
+    " 1234567 applesauce <|user|><|user|>", "", "0", " ",
+])
+def test_toy_word_tokenizer_round_trips_any_text(toy_tokenizer, text):
+  assert toy_tokenizer.decode(toy_tokenizer.encode(text)) == text
+
+
+def test_toy_word_tokenizer_keeps_numbers_and_corpus_words_whole(toy_tokenizer):
+  from motif_jax.data import toy_vocabulary
+  tok = toy_tokenizer
+  pieces = [tok.decode([i]) for i in tok.encode("Start with 17. Multiply by 3, then add 199.")]
+  assert pieces == ["Start", " with", " 17", ".", " Multiply", " by", " 3", ",", " then",
+                    " add", " 199", "."]
+  # Outside the vocabulary: numbers from MAX_NUMBER, leading zeros, unknown words -> bytes.
+  assert len(tok.encode(f" {toy_vocabulary.MAX_NUMBER}")) == 4
+  assert len(tok.encode("07")) == 2 and len(tok.encode(" zebra")) == 6
+  assert tok.encode(" zebra 5")[-1] == tok.token_id(" 5")
+  # Specials keep the byte tokenizer's ids; the vocabulary is bytes, specials, then 2 ids per
+  # word and number, and fits the quickstart model.
+  byte = load_tokenizer("", TEMPLATE.special_tokens())
+  assert all(tok.token_id(t) == byte.token_id(t) for t in TEMPLATE.special_tokens())
+  assert tok.vocab_size == byte.vocab_size + 2 * (len(tok.words) + toy_vocabulary.MAX_NUMBER)
+  from configs import sft
+  assert tok.vocab_size <= sft.get_config("quickstart").model.vocab_size
+  assert max(tok.encode(" ".join(tok.words))) < tok.vocab_size
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_before_training():
+  from configs import sft
+  from motif_jax import trainer
+  config = sft.get_config("smoke")
+  config.data.tokenizer = "toy"
+  config.model.vocab_size = 512
+  with pytest.raises(ValueError, match=r"model.vocab_size=512 is smaller than the \d+ ids of "
+                                       r"data.tokenizer='toy'"):
+    trainer.RunConfig.from_config_dict(config)

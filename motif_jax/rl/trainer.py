@@ -41,6 +41,7 @@ from motif_jax import checkpoint, eval_run, evaluation, loop, typed_config
 from motif_jax import sharding as shd
 from motif_jax.data import curate, formats
 from motif_jax.data.config import DataConfig
+from motif_jax.data.tokenizer import check_fits
 from motif_jax.model import ModelConfig, validate_sharding
 from motif_jax.optim import OptimConfig, make_optimizer
 from motif_jax.rl import balance, filtering, prompts, rewards, rollout
@@ -97,14 +98,17 @@ class RLRunConfig:
 
   @classmethod
   def from_config_dict(cls, config) -> "RLRunConfig":
-    return cls(model=ModelConfig.from_config_dict(config.model),
-               optim=OptimConfig.from_config_dict(config.optim),
-               data=DataConfig.from_config_dict(config.data),
-               rl=RLConfig.from_config_dict(config.rl),
-               rewards=typed_config.build(rewards.RewardConfig, config.rewards, "rewards"),
-               train=typed_config.build(RLTrainConfig, config.train, "train"),
-               ckpt=typed_config.build(loop.CkptConfig, config.ckpt, "ckpt"),
-               mesh=shd.parse_mesh(",".join(f"{k}={v}" for k, v in config.mesh.items())))
+    run = cls(model=ModelConfig.from_config_dict(config.model),
+              optim=OptimConfig.from_config_dict(config.optim),
+              data=DataConfig.from_config_dict(config.data),
+              rl=RLConfig.from_config_dict(config.rl),
+              rewards=typed_config.build(rewards.RewardConfig, config.rewards, "rewards"),
+              train=typed_config.build(RLTrainConfig, config.train, "train"),
+              ckpt=typed_config.build(loop.CkptConfig, config.ckpt, "ckpt"),
+              mesh=shd.parse_mesh(",".join(f"{k}={v}" for k, v in config.mesh.items())))
+    check_fits(curate.make_tokenizer(run.data), run.model.vocab_size,
+               f"data.tokenizer={run.data.tokenizer or 'bytes'!r}")
+    return run
 
   def check_mesh(self, mesh) -> None:
     shape = dict(zip(mesh.axis_names, mesh.devices.shape))
