@@ -55,7 +55,9 @@ def _rl(**overrides):
   return dataclasses.replace(cfg, **overrides)
 
 
-RL = _rl(kl_coef=0.05, entropy_coef=0.01, dual_clip=3.0, tis_cap=1.5)
+# Two updates per rollout batch: the step takes π_old from the batch (rl_batch's, off μ and off
+# the current policy, so clipping and TIS capping both happen).
+RL = _rl(kl_coef=0.05, entropy_coef=0.01, dual_clip=3.0, tis_cap=1.5, updates_per_rollout=2)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +149,8 @@ def test_policy_gradient_step_moves_log_probs_the_advantage_way(setup):
   logprobs = jit_old_logprobs(RLStepConfig(model, RL))
   current = np.asarray(logprobs(params, batch))
   on_policy = dict(batch, behaviour_logprobs=current, ref_logprobs=current)
-  cfg = RLStepConfig(model, dataclasses.replace(RL, old_policy="recompute"))
+  cfg = RLStepConfig(model, dataclasses.replace(RL, old_policy="recompute",
+                                                updates_per_rollout=1))
   state, metrics = rl_updates(steps[1], fresh_state(params, sgd), on_policy, cfg=cfg,
                               old_logprobs_fn=logprobs)
   m = metrics[0]
@@ -205,3 +208,32 @@ def test_sharded_sequence_level_step_equals_one_device(setup):
                           jax.tree.leaves(ref_state.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def test_one_update_per_rollout_takes_pi_old_from_its_own_forward_pass(setup):
+  """updates_per_rollout=1: the step uses the stop-gradient of its own log-probs as π_old and no
+  scoring pass runs; the update equals scoring π_old first and stepping on it (TIS weights off 1
+  and capped: μ is π_old plus noise)."""
+  model, params, sgd, _ = setup
+  batch = rl_batch(model, seed=3)
+  one = RLStepConfig(model, dataclasses.replace(RL, updates_per_rollout=1))
+  two = RLStepConfig(model, RL)
+  assert one.old_is_current and not two.old_is_current
+  sched = optax.constant_schedule(LR)
+
+  def no_scoring(*_):
+    raise AssertionError("scored π_old in a separate pass")
+
+  old = jit_old_logprobs(two)(params, batch)
+  noise = np.random.default_rng(4).standard_normal(old.shape).astype(np.float32)
+  batch = dict(batch, behaviour_logprobs=(np.asarray(old) + 0.5 * noise) * batch["loss_mask"])
+  state_a, (m_a,) = rl_updates(jit_rl_step(one, sgd, sched), fresh_state(params, sgd), batch,
+                               cfg=one, old_logprobs_fn=no_scoring)
+  state_b, m_b = jit_rl_step(two, sgd, sched)(fresh_state(params, sgd),
+                                              dict(batch, old_logprobs=old))
+  for name in ("loss/rl", "is/mean", "is/max", "is/capped", "ratio/mean"):
+    np.testing.assert_allclose(m_a[name], m_b[name], rtol=1e-5, atol=1e-7, err_msg=name)
+  assert float(m_a["is/capped"]) > 0 and float(m_a["ratio/max"]) == 1.0
+  step_size = optax.tree.norm(jax.tree.map(jnp.subtract, state_b.params, params))
+  delta = optax.tree.norm(jax.tree.map(jnp.subtract, state_a.params, state_b.params))
+  assert float(step_size) > 1e-3 and float(delta) < 1e-5 * float(step_size)

@@ -50,6 +50,14 @@ class RLStepConfig:
   loss_block_sizes: BlockSizes = BlockSizes()
 
   @property
+  def old_is_current(self) -> bool:
+    """π_old is the params being updated: one update per rollout batch with π_old recomputed.
+    The step then takes π_old as the stop-gradient of its own log-probs (ratio exactly 1), and
+    `rl_updates` skips the separate scoring pass, which equals it (same params, same
+    micro-batches) and cost a quarter of the step (bench_rl)."""
+    return self.rl.old_policy == "recompute" and self.rl.updates_per_rollout == 1
+
+  @property
   def batch_keys(self) -> tuple[str, ...]:
     return SFT_KEYS + RL_KEYS + (("ref_logprobs",) if self.rl.kl_coef else ())
 
@@ -86,6 +94,8 @@ def _batch_stats(batch: dict, stats: dict, cfg: RLStepConfig) -> dict:
 def rl_loss(params, batch: dict, cfg: RLStepConfig) -> tuple[jax.Array, dict]:
   """(sum of weighted per-token loss terms, statistics) for one (micro-)batch."""
   logp_bt, entropy_bt = policy_logprobs(params, batch, cfg)
+  if cfg.old_is_current:
+    batch = dict(batch, old_logprobs=jax.lax.stop_gradient(logp_bt))
   loss_bt, stats = obj.policy_loss_terms(logp_bt, entropy_bt, batch, cfg.rl)
   weights_bt = obj.token_weights(batch["loss_mask"], batch["sequence_ids"], cfg.rl.loss_level)
   return jnp.sum(weights_bt * loss_bt), _batch_stats(batch, stats, cfg)
@@ -180,9 +190,12 @@ def rl_updates(step_fn, state: TrainState, batch: dict, *, cfg: RLStepConfig,
   rl.old_policy="behaviour": π_old = μ, the sampler's log-probs (TIS weights are 1).
   "recompute": π_old = the trainer's log-probs under the params before the first update
   (`old_logprobs_fn`), so the ratio starts at 1 and the TIS weight min(π_old/μ, tis_cap)
-  corrects the sampler/trainer mismatch and the staleness of replayed trajectories.
+  corrects the sampler/trainer mismatch and the staleness of replayed trajectories; with one
+  update per batch the step computes them itself (`RLStepConfig.old_is_current`).
   """
-  if cfg.rl.old_policy == "recompute":
+  if cfg.old_is_current:
+    old = batch["behaviour_logprobs"]  # a placeholder: the step uses its own log-probs
+  elif cfg.rl.old_policy == "recompute":
     if old_logprobs_fn is None:
       raise ValueError("rl.old_policy='recompute' needs old_logprobs_fn (jit_old_logprobs)")
     old = old_logprobs_fn(state.params, batch)
