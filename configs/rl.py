@@ -102,8 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seq_len=768,  # tokens per row
       max_new_tokens=448,  # completion budget
       max_refills=4,  # extra sampler calls per batch when the online filter drops groups
-      prompts="toy",  # toy = data.toy's training problems | JSONL/Parquet prompt records with
-      # prompt, domain and answer (math, toy) or tests (code)
+      prompts="toy",  # toy = data.toy's training problems | toy_fresh = new problems of that
+      # ladder, none held out | JSONL/Parquet prompt records with prompt, domain and answer
+      # (math, toy) or tests (code)
       num_microbatches=1,
       seed=0,
       log_every=1,  # rollout batches

@@ -90,3 +90,25 @@ def test_domain_weights_fixed_adaptive_with_floor_and_allocation():
   m = balance.domain_metrics([1, 0, 1], [1, 0, 1], [10, 20, 30], [0, 0, 1], ("math", "code"))
   assert m["domain/math/reward"] == 0.5 and m["domain/code/response_length"] == 30
   assert m["domain/math/samples"] == 2
+
+
+def test_toy_prompt_sources_training_problems_or_fresh_ones_never_held_out():
+  """train.prompts=toy are exactly the problems SFT trained on; toy_fresh are new problems of
+  the same ladder (a different seeded stream) of which none is a held-out prompt."""
+  import dataclasses
+  from configs import sft
+  from motif_jax.data import toy_corpus
+  from motif_jax.data.config import DataConfig
+  from motif_jax.rl import prompts
+  toy = DataConfig.from_config_dict(sft.get_config("quickstart").data).toy
+  toy = dataclasses.replace(toy, problems=300, heldout_per_difficulty=60)
+  seen = [r.prompt for r in prompts.toy_prompts(toy, "toy")]
+  assert seen == [p.prompt for p in toy_corpus.problems(toy, "train", toy.problems)]
+  fresh = prompts.toy_prompts(toy, "toy_fresh")
+  held_out = {p.prompt for p in toy_corpus.heldout(toy)}
+  assert not {r.prompt for r in fresh} & held_out
+  assert len(fresh) > 0.8 * len(seen)  # one-step prompts repeat across streams; most do not
+  assert len({r.prompt for r in fresh} - set(seen)) > 0.5 * len(fresh)
+  assert all(r.answer for r in fresh) and {r.source for r in fresh} == {"toy_fresh"}
+  with pytest.raises(ValueError, match=r"train.prompts='toy_old' is not one of"):
+    prompts.toy_prompts(toy, "toy_old")

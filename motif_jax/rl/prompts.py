@@ -1,8 +1,8 @@
 """The RL prompt pool and the prompt queue.
 
 The pool is every prompt RL may draw, with its reference (answer or tests): the toy ladder's
-training problems (`train.prompts="toy"`, the `data.toy` section, the problems SFT trained on)
-or JSONL/Parquet records with a prompt, a domain and an answer or tests. Each prompt's domain
+training problems (`train.prompts="toy"`, the `data.toy` section, the problems SFT trained on),
+new problems of that ladder that are not held out (`toy_fresh`), or JSONL/Parquet records with a prompt, a domain and an answer or tests. Each prompt's domain
 indexes `rl.domains`.
 
 The queue walks each domain's prompts in a seeded shuffled order, epoch after epoch
@@ -36,12 +36,26 @@ class PromptPool:
     return len(self.records)
 
 
-def toy_prompts(toy: ToyConfig) -> list[Record]:
-  """The toy ladder's training problems (the prompts SFT saw), with answers or tests."""
-  return [Record(prompt=p.prompt, response="-", domain=p.domain, source="toy",
+TOY_SOURCES = ("toy", "toy_fresh")  # train.prompts values served by `toy_prompts`
+
+
+def toy_prompts(toy: ToyConfig, source: str = "toy") -> list[Record]:
+  """The toy ladder's problems, with answers or tests: `toy` = the training problems (the
+  prompts SFT saw), `toy_fresh` = as many new problems of the same ladder (their own seeded
+  stream), none of them a held-out prompt, so that what RL gains on them is not a replay of
+  memorized SFT answers and the held-out accuracy stays a fair test."""
+  if source == "toy":
+    problems = toy_corpus.problems(toy, "train", toy.problems)
+  elif source == "toy_fresh":
+    held_out = {p.prompt for p in toy_corpus.heldout(toy)}
+    problems = [p for p in toy_corpus.problems(toy, "rl", toy.problems)
+                if p.prompt not in held_out]
+  else:
+    raise ValueError(f"train.prompts={source!r} is not one of {TOY_SOURCES}")
+  return [Record(prompt=p.prompt, response="-", domain=p.domain, source=source,
                  answer=None if p.domain == "code" else p.answer, tests=p.tests,
                  meta=dict(difficulty=p.difficulty, problem_id=f"{p.domain}-{i:06d}"))
-          for i, p in enumerate(toy_corpus.problems(toy, "train", toy.problems))]
+          for i, p in enumerate(problems)]
 
 
 def make_pool(records: Sequence[Record], domains: Sequence[str], tokenizer, template

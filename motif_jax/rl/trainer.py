@@ -60,7 +60,7 @@ class RLTrainConfig:
   seq_len: int  # tokens per packed row (>= longest prompt + max_new_tokens)
   max_new_tokens: int  # completion budget
   max_refills: int  # extra sampler calls per batch when the online filter drops groups
-  prompts: str  # toy (the data.toy ladder) | JSONL/Parquet records with answers or tests
+  prompts: str  # toy | toy_fresh (data.toy ladder: SFT's / new problems) | JSONL/Parquet files
   num_microbatches: int
   seed: int
   log_every: int
@@ -151,7 +151,8 @@ class HostState:
 
 
 def load_pool(run: RLRunConfig, tokenizer) -> prompts.PromptPool:
-  records = (prompts.toy_prompts(run.data.toy) if run.train.prompts == "toy" else
+  records = (prompts.toy_prompts(run.data.toy, run.train.prompts)
+             if run.train.prompts in prompts.TOY_SOURCES else
              eval_run.read_prompts(run.train.prompts, formats.read_spec(run.data)))
   return prompts.make_pool(records, run.rl.domain_names, tokenizer, run.data.template)
 
