@@ -137,7 +137,9 @@ def data(**overrides) -> ml_collections.ConfigDict:
       default_domain="",  # domain of items without one; "" = the input file name's stem
       default_source="",  # source of items without one; "" = the input file name's stem
       reference="toy",  # target-model reference sample (same formats); "toy" = toy target sample
-      tokenizer="",  # "" = byte-level (no files); else path to a Hugging Face tokenizer.json
+      # "" = byte-level (no files); toy = bytes + the toy corpus's whole words and numbers 0-199
+      # (1,017 ids: model.vocab_size >= that); else path to a Hugging Face tokenizer.json
+      tokenizer="",
       template=dict(
           system="",  # system prompt text; "" = no system turn
           system_tag="<|system|>",

@@ -5,6 +5,8 @@ difficulty (motif_jax/evaluation.py, motif_jax/eval_run.py).
       --config.checkpoint=/tmp/sft1
   python -m experiments.evaluate --config=configs/evaluate.py:smoke --workdir=/tmp/eval_smoke \
       --config.checkpoint=/tmp/sft_smoke
+  python -m experiments.evaluate --config=configs/evaluate.py:quickstart,greedy \
+      --workdir=/tmp/eval_qs --config.checkpoint=/tmp/motif_quickstart/rl
   python -m experiments.evaluate --config=configs/evaluate.py --workdir=/tmp/eval_math \
       --config.checkpoint=/tmp/imported --config.data=math_prompts.jsonl \
       --config.tokenizer=/models/x/tokenizer.json
@@ -20,7 +22,8 @@ samples.jsonl, accuracy_by_difficulty.png and response_lengths.png; a rerun resu
 already in samples.jsonl are not sampled again).
 
 Variants: smoke (6 toy prompts x 2 samples of 16 tokens: seconds on CPU), greedy (1 sample at
-temperature 0: pass@1 = greedy accuracy).
+temperature 0: pass@1 = greedy accuracy), quickstart (a `make quickstart` model: the toy word
+tokenizer, its held-out problems and answer budget).
 """
 
 import ml_collections
@@ -29,7 +32,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, smoke=False, greedy=False)
+  args = common.parse_arg(arg, smoke=False, greedy=False, quickstart=False)
   config = ml_collections.ConfigDict()
   config.checkpoint = ""  # params directory or run workdir (its final/); required
   config.data = "toy"  # toy | comma-separated JSONL/Parquet paths or globs
@@ -43,7 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.default_source = data.default_source
   config.toy = data.toy  # the held-out problems when data=toy
   config.toy.domains = "arith,lists,code"
-  config.tokenizer = ""  # "" = byte-level; else a Hugging Face tokenizer.json (imported models)
+  # "" = byte-level; toy = the toy word tokenizer (quickstart models, configs/sft.py:quickstart);
+  # else a Hugging Face tokenizer.json (imported models)
+  config.tokenizer = ""
   config.template = data.template  # chat template (prompt ends with assistant tag + <think>)
   config.mesh = common.mesh()  # params sharded as the trainer shards them; rows over batch axes
   config.eval = ml_collections.ConfigDict(dict(
@@ -77,4 +82,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.rewards.overlong_window = 4
   if args.greedy:
     config.eval.update(dict(num_samples=1, temperature=0.0, ks="1"))
+  if args.quickstart:  # a quickstart model: its tokenizer, held-out set and answer budget
+    from configs import sft  # noqa: PLC0415
+    quick = sft.get_config("quickstart")
+    config.tokenizer = quick.data.tokenizer
+    config.toy = quick.data.toy
+    config.eval.max_new_tokens = quick.train.max_new_tokens
   return config

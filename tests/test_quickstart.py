@@ -81,3 +81,21 @@ def test_rl_stage_starts_from_the_sft_ladder_and_model():
   quick = DataConfig.from_config_dict(sft_config.get_config("quickstart").data).toy
   assert quick.ladder == "small" and (quick.min_steps, quick.max_steps) == (1, 4)
   assert len(toy_corpus.heldout(quick)) == 2 * 4 * quick.heldout_per_difficulty
+
+
+def test_evaluate_quickstart_variant_scores_the_quickstart_held_out_set_with_its_tokenizer():
+  """configs/evaluate.py:quickstart reads a quickstart model as its trainer did: the same word
+  tokenizer, the same held-out problems (the trainer's Evaluator) and answer budget."""
+  from configs import evaluate as evaluate_config
+  from motif_jax import evaluation
+  from motif_jax.data.config import ToyConfig
+  from motif_jax import typed_config
+  config = evaluate_config.get_config("quickstart,greedy")
+  sft = sft_config.get_config("quickstart")
+  assert config.tokenizer == sft.data.tokenizer == "toy"
+  assert config.eval.max_new_tokens == sft.train.max_new_tokens
+  assert config.eval.temperature == 0.0 and config.eval.num_samples == 1
+  toy = typed_config.build(ToyConfig, config.toy, "toy")
+  trainer_set = evaluation.heldout_records(DataConfig.from_config_dict(sft.data),
+                                           sft.train.eval_problems)
+  assert [r.prompt for r in toy_corpus.heldout_records(toy)] == [r.prompt for r in trainer_set]
