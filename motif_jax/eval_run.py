@@ -134,6 +134,9 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict[str
   reward_cfg = typed_config.build(rewards.RewardConfig, config.rewards, "rewards")
   template = typed_config.build(ChatTemplate, config.template, "template")
   tokenizer = load_tokenizer(config.tokenizer, template.special_tokens())
+  saved = checkpoint.config_from_json((source / checkpoint.CONFIG_FILE).read_text())
+  check_fits(tokenizer, saved.vocab_size, f"tokenizer={config.tokenizer or 'bytes'!r}",
+             "the checkpoint's model vocab_size")  # before the params are read
   workdir_path.mkdir(parents=True, exist_ok=True)
   _check_resume(workdir_path, config)
   (workdir_path / CONFIG).write_text(config.to_json_best_effort(indent=2))
@@ -148,8 +151,6 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict[str
   start = time.perf_counter()
   with jax.set_mesh(mesh), rewards.Scorer(reward_cfg) as scorer:
     model, params = checkpoint.restore_params(source, mesh=mesh)
-    check_fits(tokenizer, model.vocab_size, f"tokenizer={config.tokenizer or 'bytes'!r}",
-               "the checkpoint's model vocab_size")
     result = evaluation.evaluate(params, records, eval_cfg, model=model, tokenizer=tokenizer,
                                  template=template, scorer=scorer, skip=done,
                                  on_rows=lambda rows: _write_rows(samples, rows, mode="a"),

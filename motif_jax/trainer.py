@@ -23,7 +23,6 @@ from motif_jax import evaluation, loop, typed_config
 from motif_jax import sharding as shd
 from motif_jax.data import curate, pipeline
 from motif_jax.data.config import DataConfig
-from motif_jax.data.tokenizer import check_fits
 from motif_jax.model import ModelConfig, validate_sharding
 from motif_jax.optim import OptimConfig, make_optimizer
 from motif_jax.sft import SFTConfig, sft_step
@@ -79,8 +78,7 @@ class RunConfig:
               train=typed_config.build(TrainConfig, config.train, "train"),
               ckpt=typed_config.build(CkptConfig, config.ckpt, "ckpt"),
               mesh=shd.parse_mesh(",".join(f"{k}={v}" for k, v in config.mesh.items())))
-    check_fits(curate.make_tokenizer(run.data), run.model.vocab_size,
-               f"data.tokenizer={run.data.tokenizer or 'bytes'!r}")
+    curate.check_tokenizer_fits(run.data, run.model.vocab_size)
     if run.data.global_batch_size != run.train.batch_size:
       raise ValueError(f"data.global_batch_size={run.data.global_batch_size} must equal "
                        f"train.batch_size={run.train.batch_size}")

@@ -85,12 +85,15 @@ def test_toy_word_tokenizer_keeps_numbers_and_corpus_words_whole(toy_tokenizer):
   assert max(tok.encode(" ".join(tok.words))) < tok.vocab_size
 
 
-def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_before_training():
-  from configs import sft
+@pytest.mark.parametrize("stage", ["sft", "rl"])
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_before_training(stage):
+  from configs import rl, sft
   from motif_jax import trainer
-  config = sft.get_config("smoke")
+  from motif_jax.rl import trainer as rl_trainer
+  config = (sft if stage == "sft" else rl).get_config("smoke")
   config.data.tokenizer = "toy"
   config.model.vocab_size = 512
+  run_config = trainer.RunConfig if stage == "sft" else rl_trainer.RLRunConfig
   with pytest.raises(ValueError, match=r"model.vocab_size=512 is smaller than the \d+ ids of "
                                        r"data.tokenizer='toy'"):
-    trainer.RunConfig.from_config_dict(config)
+    run_config.from_config_dict(config)

@@ -120,3 +120,17 @@ def test_prompt_files_need_no_response_and_keep_answers_or_tests(tmp_path):
   with pytest.raises(ValueError, match="no valid prompt record"):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
     eval_run.read_prompts(str(tmp_path / "bad.jsonl"))
+
+
+def test_a_tokenizer_larger_than_the_checkpoint_vocabulary_is_refused_before_loading(
+    params_dir, tmp_path, monkeypatch):
+  """tokenizer=toy has 1,017 ids, the smoke checkpoint 512 rows: a one-line error before the
+  params are read or the workdir is written (an id past the table would be clamped silently)."""
+  def no_restore(*_, **__):
+    raise AssertionError("read the params before checking the tokenizer")
+
+  monkeypatch.setattr(checkpoint, "restore_params", no_restore)
+  with pytest.raises(ValueError, match=r"the checkpoint's model vocab_size=512 is smaller than "
+                                       r"the \d+ ids of tokenizer='toy'"):
+    eval_run.run(_config(params_dir, tokenizer="toy"), str(tmp_path / "eval"))
+  assert not (tmp_path / "eval").exists()

@@ -21,7 +21,7 @@ from motif_jax.data.config import DataConfig, ToyConfig
 from motif_jax.data.filters import CountedFilter, make_filters
 from motif_jax.data.records import ParseCounts, Record
 from motif_jax.data.style import StyleProfile, measure_profile
-from motif_jax.data.tokenizer import Tokenizer, load_tokenizer
+from motif_jax.data.tokenizer import Tokenizer, check_fits, load_tokenizer
 from motif_jax.data.traces import Scored, score
 
 TOY_INPUTS = {
@@ -70,6 +70,12 @@ def load_reference(specs: Sequence[str], toy: ToyConfig,
 
 def make_tokenizer(cfg: DataConfig) -> Tokenizer:
   return load_tokenizer(cfg.tokenizer, cfg.template.special_tokens())
+
+
+def check_tokenizer_fits(cfg: DataConfig, vocab_size: int) -> None:
+  """data.tokenizer's ids all have an embedding row of a model with `vocab_size` (else an error
+  naming both fields, before anything compiles)."""
+  check_fits(make_tokenizer(cfg), vocab_size, f"data.tokenizer={cfg.tokenizer or 'bytes'!r}")
 
 
 def score_all(records: Sequence[Record], cfg: DataConfig, tokenizer: Tokenizer,

@@ -56,8 +56,12 @@ class ByteTokenizer:
       if i % 2:  # odd pieces are the captured special tokens
         ids.append(self._ids[piece])
       elif piece:
-        ids.extend(piece.encode("utf-8"))
+        self._encode_plain(piece, ids)
     return ids
+
+  def _encode_plain(self, text: str, ids: list[int]) -> None:
+    """Append the ids of `text`, which holds no special token."""
+    ids.extend(text.encode("utf-8"))
 
   def decode(self, ids: Sequence[int]) -> str:
     out, buffer = [], bytearray()
@@ -105,15 +109,6 @@ class WordTokenizer(ByteTokenizer):
       else:
         ids.extend(piece.encode("utf-8"))
     ids.extend(text[end:].encode("utf-8"))
-
-  def encode(self, text: str) -> list[int]:
-    ids: list[int] = []
-    for i, piece in enumerate(self._splitter.split(text)):
-      if i % 2:
-        ids.append(self._ids[piece])
-      elif piece:
-        self._encode_plain(piece, ids)
-    return ids
 
   def decode(self, ids: Sequence[int]) -> str:
     return b"".join(self._strings[i] for i in ids).decode("utf-8", errors="replace")

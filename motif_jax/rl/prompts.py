@@ -2,8 +2,8 @@
 
 The pool is every prompt RL may draw, with its reference (answer or tests): the toy ladder's
 training problems (`train.prompts="toy"`, the `data.toy` section, the problems SFT trained on),
-new problems of that ladder that are not held out (`toy_fresh`), or JSONL/Parquet records with a prompt, a domain and an answer or tests. Each prompt's domain
-indexes `rl.domains`.
+new problems of that ladder that are not held out (`toy_fresh`), or JSONL/Parquet records with
+a prompt, a domain and an answer or tests. Each prompt's domain indexes `rl.domains`.
 
 The queue walks each domain's prompts in a seeded shuffled order, epoch after epoch
 (permutation of epoch e = default_rng([seed, domain, e])), and hands out the per-domain counts

@@ -41,7 +41,6 @@ from motif_jax import checkpoint, eval_run, evaluation, loop, typed_config
 from motif_jax import sharding as shd
 from motif_jax.data import curate, formats
 from motif_jax.data.config import DataConfig
-from motif_jax.data.tokenizer import check_fits
 from motif_jax.model import ModelConfig, validate_sharding
 from motif_jax.optim import OptimConfig, make_optimizer
 from motif_jax.rl import balance, filtering, prompts, rewards, rollout
@@ -106,8 +105,7 @@ class RLRunConfig:
               train=typed_config.build(RLTrainConfig, config.train, "train"),
               ckpt=typed_config.build(loop.CkptConfig, config.ckpt, "ckpt"),
               mesh=shd.parse_mesh(",".join(f"{k}={v}" for k, v in config.mesh.items())))
-    check_fits(curate.make_tokenizer(run.data), run.model.vocab_size,
-               f"data.tokenizer={run.data.tokenizer or 'bytes'!r}")
+    curate.check_tokenizer_fits(run.data, run.model.vocab_size)
     return run
 
   def check_mesh(self, mesh) -> None:
