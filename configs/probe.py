@@ -92,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   student.train.update(dict(eval_problems=0, log_every=25, seed=args.seed))
   student.ckpt.every = 100
   config.student_sft = student
+  config.data.tokenizer = student.data.tokenizer  # the toy student's words (checked at run time)
   if args.base:  # an experiments.convert --from_hf workdir: its tokenizer and chat template
     config.student = args.base
     config.data.tokenizer = f"{args.base}/tokenizer.json"

@@ -29,6 +29,7 @@ from motif_jax.model.params import abstract_params, param_shardings
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "model_config.json"
+FINAL_PARAMS = "final"  # a run's final params: <workdir>/final, beside its config.json
 
 
 def config_to_json(cfg: ModelConfig) -> str:
@@ -42,6 +43,26 @@ def config_from_json(text: str) -> ModelConfig:
     if field.name in RUNTIME_FIELDS and field.name not in values:
       values[field.name] = field.default
   return ModelConfig.from_config_dict(values)
+
+
+BUILTIN_TOKENIZERS = ("", "toy")  # data.tokenizer values that name no file: bytes, toy words
+
+
+def check_trained_tokenizer(params: str | Path, tokenizer: str, field: str) -> None:
+  """A run's final params (`<workdir>/final`, beside the run's config.json) were trained with
+  that run's data.tokenizer; where it or `tokenizer` is a built-in one (bytes, toy words) and they
+  differ, an error naming `field` (both fit the vocab, so nothing else would notice that every id
+  means another word). Params without a run config beside them are not checked."""
+  params = Path(params).absolute()
+  run_config = params.parent / "config.json"
+  if params.name != FINAL_PARAMS or not run_config.is_file():
+    return
+  trained = json.loads(run_config.read_text()).get("data", {}).get("tokenizer")
+  if not isinstance(trained, str) or trained == tokenizer:
+    return
+  if trained in BUILTIN_TOKENIZERS or tokenizer in BUILTIN_TOKENIZERS:
+    raise ValueError(f"{field}={tokenizer or 'bytes'!r}, but {params} was trained with "
+                     f"data.tokenizer={trained or 'bytes'!r} ({run_config}): use that tokenizer")
 
 
 def save_params(directory: str | Path, cfg: ModelConfig, params: Any) -> Path:

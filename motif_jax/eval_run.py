@@ -29,7 +29,7 @@ from motif_jax.data.tokenizer import check_fits, load_tokenizer
 from motif_jax.rl import rewards
 
 SAMPLES, RESULT, REPORT, CONFIG = "samples.jsonl", "eval.json", "eval.md", "config.json"
-FINAL_PARAMS = "final"  # where experiments.sft puts a run's final params
+FINAL_PARAMS = checkpoint.FINAL_PARAMS  # where experiments.sft puts a run's final params
 # Sections whose change makes earlier samples incomparable.
 _RESUME_KEYS = ("checkpoint", "data", "format", "fields", "default_domain", "default_source",
                 "max_prompts", "toy", "tokenizer", "template", "eval", "rewards")
@@ -137,6 +137,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict[str
   saved = checkpoint.config_from_json((source / checkpoint.CONFIG_FILE).read_text())
   check_fits(tokenizer, saved.vocab_size, f"tokenizer={config.tokenizer or 'bytes'!r}",
              "the checkpoint's model vocab_size")  # before the params are read
+  checkpoint.check_trained_tokenizer(source, config.tokenizer, "tokenizer")
   workdir_path.mkdir(parents=True, exist_ok=True)
   _check_resume(workdir_path, config)
   (workdir_path / CONFIG).write_text(config.to_json_best_effort(indent=2))

@@ -36,7 +36,7 @@ from motif_jax import sharding as shd
 from motif_jax.model import ModelConfig, abstract_params, init_params, param_shardings
 from motif_jax.train_state import TrainState, init_train_state
 
-FINAL_PARAMS = "final"
+FINAL_PARAMS = checkpoint.FINAL_PARAMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +112,10 @@ def abstract_params_with(model: ModelConfig, mesh) -> Any:
 
 
 def initial_params(init_from: str, field: str, model: ModelConfig, seed: int, mesh,
-                   log: Callable[[str], None]) -> Any:
+                   log: Callable[[str], None], tokenizer: str | None = None) -> Any:
   """Fresh params (`init_from` empty) or a run's final params / a params directory, checked to
-  have `model`'s architecture; errors name the config `field` (e.g. train.init_from)."""
+  have `model`'s architecture (and, given this run's data.`tokenizer`, to have been trained with
+  it); errors name the config `field` (e.g. train.init_from)."""
   if not init_from:
     return init_params(jax.random.key(seed), model, mesh)
   source = Path(init_from)
@@ -124,6 +125,8 @@ def initial_params(init_from: str, field: str, model: ModelConfig, seed: int, me
     raise ValueError(f"{field}={init_from}: no params there (expected a run's workdir with "
                      f"{FINAL_PARAMS}/, or a directory with {checkpoint.PARAMS_DIR}/ and "
                      f"{checkpoint.CONFIG_FILE})")
+  if tokenizer is not None:
+    checkpoint.check_trained_tokenizer(source, tokenizer, "data.tokenizer")
   saved_cfg, params = checkpoint.restore_params(source, mesh=mesh)
   saved_arch, run_arch = saved_cfg.architecture(), model.architecture()
   if saved_arch != run_arch:

@@ -96,7 +96,7 @@ class RunConfig:
 
 def _initial_params(run: RunConfig, mesh, log: Callable) -> Any:
   return loop.initial_params(run.train.init_from, "train.init_from", run.model, run.train.seed,
-                             mesh, log)
+                             mesh, log, tokenizer=run.data.tokenizer)
 
 
 def train(config, workdir: str, *, log: Callable[[str], None] = print) -> dict:

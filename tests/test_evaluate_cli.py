@@ -134,3 +134,28 @@ def test_a_tokenizer_larger_than_the_checkpoint_vocabulary_is_refused_before_loa
                                        r"the \d+ ids of tokenizer='toy'"):
     eval_run.run(_config(params_dir, tokenizer="toy"), str(tmp_path / "eval"))
   assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("trained, ours", [("toy", ""), ("", "toy")])
+def test_a_run_trained_with_another_builtin_tokenizer_is_refused_before_loading(
+    params_dir, tmp_path, monkeypatch, trained, ours):
+  """Bytes and toy words both fit a 1,024-row model, so only the run's own config.json (beside
+  final/) tells that every id would mean another token: a one-line error naming the field."""
+  run = tmp_path / "run"
+  (run / "final").mkdir(parents=True)
+  for name in ("params", checkpoint.CONFIG_FILE):
+    (run / "final" / name).symlink_to(params_dir / "final" / name)
+  (run / "config.json").write_text(json.dumps({"data": {"tokenizer": trained}}))
+  monkeypatch.setattr(checkpoint, "restore_params", lambda *_, **__: pytest.fail("read params"))
+  monkeypatch.setattr(eval_run, "check_fits", lambda *_, **__: None)  # toy has > 512 ids
+  with pytest.raises(ValueError, match=rf"tokenizer=.*trained with data.tokenizer="
+                                       rf"'{trained or 'bytes'}'"):
+    eval_run.run(_config(run, tokenizer=ours), str(tmp_path / "eval"))
+  checkpoint.check_trained_tokenizer(run / "final", trained, "tokenizer")  # the same: no error
+  (run / "config.json").write_text(json.dumps({"data": {"tokenizer": ""}}))
+  checkpoint.check_trained_tokenizer(params_dir / "final", ours, "tokenizer")  # no run config
+  with pytest.raises(ValueError, match="trained with data.tokenizer='bytes'"):
+    checkpoint.check_trained_tokenizer(run / "final", "/m/tokenizer.json", "data.tokenizer")
+  # Two tokenizer files are not compared by path (the same file may be spelt two ways).
+  (run / "config.json").write_text(json.dumps({"data": {"tokenizer": "/a/tokenizer.json"}}))
+  checkpoint.check_trained_tokenizer(run / "final", "/b/tokenizer.json", "tokenizer")

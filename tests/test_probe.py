@@ -274,3 +274,11 @@ def test_toy_student_trains_on_one_reference_path_even_with_a_comma_in_the_workd
   reference = workdir / probe_run.STUDENT / "target_sample.jsonl"
   assert seen["inputs"] == (str(reference),)
   assert reference.stat().st_size > 0
+
+
+@pytest.mark.parametrize("variant", [None, "smoke"])
+def test_probe_reads_traces_with_the_toy_students_own_tokenizer(variant):
+  """The toy student trains on toy words; the probe's NLL, budgets and SFT must tokenize alike
+  (bytes would fit its vocabulary and silently mean other tokens)."""
+  config = probe_config.get_config(variant)
+  assert config.data.tokenizer == config.student_sft.data.tokenizer == "toy"

@@ -162,6 +162,7 @@ def run_probe(config, workdir: str, *, log: Callable[[str], None] = print) -> di
     if not recs:
       raise ValueError(f"candidates item {files[name]} holds no valid record")
   source = student_dir(config, run, root, log)
+  checkpoint.check_trained_tokenizer(source, run.data.tokenizer, "data.tokenizer")
   tokenizer = curate.make_tokenizer(run.data)
   template = run.data.template
   token_budget = run.probe.token_budget or min(

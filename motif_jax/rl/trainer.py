@@ -222,7 +222,7 @@ def _train(run: RLRunConfig, workdir: Path, mesh, log: Callable) -> dict:
       host.load_json(saved)
     else:
       init_params = loop.initial_params(run.rl.init_from, "rl.init_from", run.model,
-                                        run.train.seed, mesh, log)
+                                        run.train.seed, mesh, log, tokenizer=run.data.tokenizer)
       state = jax.jit(functools.partial(init_train_state, optimizer=optimizer,
                                         seed=run.train.seed),
                       out_shardings=state_shardings)(jax.tree.map(lambda x: x.copy(),
