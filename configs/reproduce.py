@@ -11,9 +11,10 @@ kernel and step memory at the Motif shapes), `run=probe` (the teacher probe, con
 motif_jax.reproduce.probe_task). Each point's overrides (data, filters, seed, steps) are listed in
 DIR/<phase>/sweep_points.py.
 
-Full: 3 SFT seeds x 5 data conditions + 3 two-stage curricula at 300,000 completion tokens each,
-2 RL seeds x 4 conditions x 10 rollout batches, 1 probe run, memory at the Motif shapes (about an
-hour on 2 cores, estimated). Smoke: 1 seed, 2,500 tokens per SFT run, 2 RL batches.
+Full: 2 SFT seeds x 5 data conditions + 2 two-stage curricula at 720,000 completion tokens each
+(322-396 steps of 8 x 384 rows in toy words, about half the quickstart's 750 steps: what an hour
+of 2 cores buys), 2 RL seeds x 4 conditions x 10 rollout batches, 1 probe run, memory at the
+Motif shapes. Smoke: 1 seed, 2,500 tokens per SFT run, 2 RL batches.
 
 Variants: smoke (seconds per run: the smoke model, a few steps; ~3 min on 2 cores),
 run=study|sft|rl|memory|probe.
@@ -30,14 +31,14 @@ def study_section(smoke: bool) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       variant="smoke" if smoke else "",  # what run=... bases add (configs/reproduce.py:VARIANT)
       parts="data,curriculum,probe,rl,memory",  # which parts to run (report sections follow)
-      seeds=1 if smoke else 3,  # SFT seeds (train.seed = data.seed = s); smoke: time, not stats
+      seeds=1 if smoke else 2,  # SFT seeds (train.seed = data.seed = s); smoke: time, not stats
       rl_seeds=1 if smoke else 2,
       probe_seeds=1,  # teacher-probe runs (each probes all three toy teachers)
       parallel=2,  # points at once on the local launcher
       confidence=0.95,  # of every interval
       # Completion (loss) tokens per SFT run: each condition trains the steps that its own data
       # pipeline needs to reach this count (counted before launch, checked from metrics after).
-      sft_budget_tokens=2_500 if smoke else 300_000,
+      sft_budget_tokens=2_500 if smoke else 720_000,
       max_steps=50 if smoke else 2_000,  # a budget that needs more steps is an error
       accuracy_margin=0.02,  # pass@1 differences smaller than this count as no effect
       entropy_margin=0.01,  # nats per token

@@ -80,7 +80,7 @@ class RLShape:
   @property
   def cache_len(self) -> int:
     """KV slots per row, as `sampling.sample` sizes them (bucketed prompt + response)."""
-    return sampling._bucket(self.prompt_len, self.prefill_chunk) + self.response_len
+    return sampling.prefill_length(self.prompt_len, self.prefill_chunk) + self.response_len
 
 
 def local_bytes(tree) -> int:
@@ -128,26 +128,14 @@ def rollout_output_bytes(model: ModelConfig, mesh, *, rows: int, response_len: i
 def aot_rollout_memory(model: ModelConfig, mesh, shape: RLShape) -> dict:
   """Compiled per-device bytes of one `sampling.sample` call on `shape` (the jitted rollout on
   ShapeDtypeStructs, params sharded as the trainer's): checks the KV-cache figures above."""
-  cfg = sampling.sampling_config(model)
-  shards = shd.shard_count("batch", cfg.sharding, dict(mesh.shape))
-  prompt_len = sampling._bucket(shape.prompt_len, shape.prefill_chunk)
-  plan = sampling._Plan(
-      prompt_rows=-(-shape.prompts // shards) * shards,
-      rows=-(-shape.trajectories // shards) * shards, prompt_len=prompt_len,
-      cache_len=shape.cache_len, max_new_tokens=shape.response_len, temperature=1.0, top_p=1.0,
-      top_k=0, prefill_chunk=shape.prefill_chunk)
-  rows = NamedSharding(mesh, shd.activation_spec(("batch",), cfg.sharding, mesh))
-  replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
-  spec = lambda shp, dtype, s=rows: jax.ShapeDtypeStruct(shp, dtype, sharding=s)  # noqa: E731
+  shards = shd.shard_count("batch", sampling.sampling_config(model).sharding, dict(mesh.shape))
+  plan = sampling.make_plan(shape.prompts, shape.samples, shape.prompt_len,
+                            max_new_tokens=shape.response_len,
+                            prefill_chunk=shape.prefill_chunk, shards=shards)
   with jax.set_mesh(mesh):
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_params(model), param_shardings(model, mesh))
-    args = (params, spec((plan.prompt_rows, prompt_len), jnp.int32),
-            spec((plan.prompt_rows,), jnp.int32), spec((plan.rows,), jnp.int32),
-            spec((plan.rows,), jnp.int32), spec((plan.rows,), jnp.bool_),
-            spec((4,), jnp.int32, replicated), jax.random.key(0))
-    return memory_plan.compiled_bytes(sampling._rollout.lower(*args, cfg=cfg, plan=plan)
-                                      .compile())
+    return memory_plan.compiled_bytes(sampling.lower(params, model, plan, mesh).compile())
 
 
 def aot_rl_memory(model: ModelConfig, optim: OptimConfig, rl: RLConfig, mesh, *, seq_len: int,

@@ -69,7 +69,7 @@ class Rollouts:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class Plan:
   """Static shapes and sampling settings of one compiled rollout."""
 
   prompt_rows: int  # P padded to the batch shards
@@ -103,7 +103,7 @@ def truncate_logits(logits_bv: jax.Array, *, top_k: int, top_p: float) -> jax.Ar
   return logits_bv
 
 
-def select_tokens(logits_bv: jax.Array, keys_b: jax.Array, plan: _Plan
+def select_tokens(logits_bv: jax.Array, keys_b: jax.Array, plan: Plan
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(tokens [b], log-prob under the full tempered distribution, under the truncated one)."""
   logits_bv = logits_bv.astype(jnp.float32)
@@ -134,7 +134,7 @@ def sampling_config(cfg: ModelConfig) -> ModelConfig:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "plan"))
 def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r, stop_ids,
-             key, *, cfg: ModelConfig, plan: _Plan):
+             key, *, cfg: ModelConfig, plan: Plan):
   """Prefill, share, decode: (tokens, logprobs, truncated logprobs, lengths, finished, steps)."""
   rules = cfg.sharding
   cache = decode.init_cache(cfg, plan.prompt_rows, plan.cache_len)
@@ -186,7 +186,7 @@ def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r
   return out["tokens"], out["logprobs"], out["truncated"], lengths_r, stopped_r, steps
 
 
-def _bucket(n: int, chunk: int) -> int:
+def prefill_length(n: int, chunk: int) -> int:
   """Prefill length: a power of two (>= 16) up to `chunk`, then whole chunks."""
   if n > chunk:
     return -(-n // chunk) * chunk
@@ -223,6 +223,32 @@ def _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k,
     raise ValueError(f"sample: prompt token {bad[0]} outside the vocabulary [0, {cfg.vocab_size})")
 
 
+def make_plan(n_prompts: int, num_samples: int, max_prompt_len: int, *, max_new_tokens: int,
+              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+              prefill_chunk: int = 512, shards: int = 1) -> Plan:
+  """The static shapes `sample` compiles for `n_prompts` prompts of up to `max_prompt_len`
+  tokens: rows padded to the batch `shards`, the prefill bucket, KV slots per row."""
+  prompt_len = prefill_length(max_prompt_len, prefill_chunk)
+  return Plan(prompt_rows=_round_up(n_prompts, shards),
+              rows=_round_up(n_prompts * num_samples, shards), prompt_len=prompt_len,
+              cache_len=prompt_len + max_new_tokens, max_new_tokens=max_new_tokens,
+              temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+              prefill_chunk=prefill_chunk)
+
+
+def lower(params, cfg: ModelConfig, plan: Plan, mesh) -> jax.stages.Lowered:
+  """The jitted rollout of `plan` lowered on abstract inputs (`params` may be ShapeDtypeStructs),
+  rows over the batch axes of `mesh`: what `sample` runs, for AOT memory figures."""
+  cfg = sampling_config(cfg)
+  rows = NamedSharding(mesh, shd.activation_spec(("batch",), cfg.sharding, mesh))
+  spec = lambda shape, dtype, s=rows: jax.ShapeDtypeStruct(shape, dtype, sharding=s)  # noqa: E731
+  stops = spec((4,), jnp.int32, NamedSharding(mesh, PartitionSpec()))
+  args = (spec((plan.prompt_rows, plan.prompt_len), jnp.int32),
+          spec((plan.prompt_rows,), jnp.int32), spec((plan.rows,), jnp.int32),
+          spec((plan.rows,), jnp.int32), spec((plan.rows,), jnp.bool_), stops)
+  return _rollout.lower(params, *args, jax.random.key(0), cfg=cfg, plan=plan)
+
+
 def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_samples: int = 1,
            max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
            stop_ids: Sequence[int] = (), key: jax.Array, prefill_chunk: int = 512) -> Rollouts:
@@ -239,11 +265,10 @@ def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_sa
   shards, mesh = _batch_shards(cfg)
   n_prompts, n_rows = len(prompts), len(prompts) * num_samples
   lengths = np.array([len(p) for p in prompts], np.int32)
-  prompt_len = _bucket(int(lengths.max()), prefill_chunk)
-  plan = _Plan(prompt_rows=_round_up(n_prompts, shards), rows=_round_up(n_rows, shards),
-               prompt_len=prompt_len, cache_len=prompt_len + max_new_tokens,
-               max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
-               top_k=int(top_k), prefill_chunk=prefill_chunk)
+  plan = make_plan(n_prompts, num_samples, int(lengths.max()), max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_p=top_p, top_k=top_k,
+                   prefill_chunk=prefill_chunk, shards=shards)
+  prompt_len = plan.prompt_len
   prompts_pt = np.zeros((plan.prompt_rows, prompt_len), np.int32)
   for i, p in enumerate(prompts):
     prompts_pt[i, :len(p)] = p

@@ -185,7 +185,7 @@ def test_top_p_and_top_k_keep_exactly_the_nucleus():
   kept = np.isfinite(np.asarray(sampling.truncate_logits(logits, top_k=2, top_p=1.0)))[0]
   assert kept.tolist() == [False, True, False, True, False]
   # Draws: only nucleus tokens, at their renormalized frequencies, with matching log-probs.
-  plan = sampling._Plan(prompt_rows=1, rows=1, prompt_len=16, cache_len=17, max_new_tokens=1,
+  plan = sampling.Plan(prompt_rows=1, rows=1, prompt_len=16, cache_len=17, max_new_tokens=1,
                         temperature=1.0, top_p=0.75, top_k=0, prefill_chunk=16)
   draws = 4000
   keys = jax.random.split(jax.random.key(0), draws)
