@@ -25,8 +25,9 @@ tokenizes and renders with its tokenizer and chat template (data.template.kind=h
       --workdir=/tmp/own/probe --config.candidates=a.jsonl,b.jsonl,c.jsonl \
       --config.eval_data=/tmp/own/test.jsonl --config.data.reference=/tmp/own/own_outputs.jsonl
 
-Default (toy, `small` ladder, 2-layer model): sized for 20 minutes on 2 idle CPU cores, smoke
-for 3 (3.0 min of CPU time measured; README, Teacher probe).
+Default (toy, `small` ladder, 2-layer model, toy-word tokenizer): 917-930 CPU-seconds per run
+(seeds 0-2), smoke 90 s wall on 2 idle cores (README, Teacher probe).
+
 Variants: smoke, seed=N (toy corpus, student, probe SFT and sampling seeds), base=DIR.
 """
 
