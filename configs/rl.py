@@ -31,6 +31,9 @@ def rl_section() -> ml_collections.ConfigDict:
       ratio_level="token",  # token (PPO/DAPO) | sequence (GSPO: geometric mean of token ratios)
       kl_coef=0.0,  # k3 KL to the frozen reference policy; 0 = off (no reference needed)
       entropy_coef=0.0,  # entropy bonus; 0 = off
+      # SFT term on data.inputs during RL (InstructGPT's PPO-ptx): loss = RL loss + sft_coef x
+      # mean NLL of train.sft_rows packed SFT rows per update; 0 = off (no SFT data read)
+      sft_coef=0.0,
       tis_cap=2.0,  # truncated importance weight cap on π_old/μ; 0 = off
       old_policy="recompute",  # π_old: recompute (trainer log-probs, TIS on μ) | behaviour (μ)
       temperature=1.0,  # sampling temperature; log-probs are taken at it
@@ -99,7 +102,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # fit is left out, pack/dropped). One worst-case trajectory per row: attention is
       # quadratic in the row.
       rows=128,
-      seq_len=768,  # tokens per row
+      sft_rows=0,  # rl.sft_coef > 0: packed SFT rows (data.inputs) added to each update batch
+      seq_len=768,  # tokens per row (RL and SFT rows)
       max_new_tokens=448,  # completion budget
       max_refills=4,  # extra sampler calls per batch when the online filter drops groups
       prompts="toy",  # toy = data.toy's training problems | toy_fresh = new problems of that

@@ -109,7 +109,8 @@ def plan_rl(config, model, optim):
         samples=_SAMPLES.value or config.rl.group_size, prompt_len=_PROMPT_LEN.value,
         response_len=_RESPONSE_LEN.value or train.max_new_tokens, rows=_ROWS.value or train.rows,
         seq_len=_SEQ_LEN.value or train.seq_len,
-        num_microbatches=_MICRO.value or train.num_microbatches)
+        num_microbatches=_MICRO.value or train.num_microbatches,
+        sft_rows=train.get("sft_rows", 0) if config.rl.get("sft_coef", 0) else 0)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   mesh_text = _MESH.value or ",".join(f"{k}={v}" for k, v in config.mesh.items())

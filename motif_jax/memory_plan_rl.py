@@ -39,14 +39,15 @@ from motif_jax.rl.config import RLConfig
 from motif_jax.rl.step import RLStepConfig, jit_old_logprobs, jit_rl_step
 
 FLOAT_KEYS = ("advantages", "behaviour_logprobs", "old_logprobs", "rewards", "passed",
-              "truncated", "ref_logprobs")
+              "truncated", "ref_logprobs", "sft_weights")
 
 
 @dataclasses.dataclass(frozen=True)
 class RLShape:
   """One rollout batch: `prompts x samples` trajectories of up to prompt_len + response_len
   tokens, sampled in one call, then packed into `rows x seq_len` rows for the update (the
-  trainer's train.rows / train.seq_len, two or more trajectories may share a row)."""
+  trainer's train.rows / train.seq_len, two or more trajectories may share a row), plus
+  `sft_rows` packed SFT rows when rl.sft_coef > 0 (train.sft_rows)."""
 
   prompts: int
   samples: int
@@ -56,6 +57,7 @@ class RLShape:
   seq_len: int
   num_microbatches: int = 1
   prefill_chunk: int = 512  # the sampler's prefill bucket (sampling.sample's prefill_chunk)
+  sft_rows: int = 0
 
   def __post_init__(self):
     for name in ("prompts", "samples", "prompt_len", "response_len", "rows", "seq_len",
@@ -68,9 +70,9 @@ class RLShape:
       raise ValueError(f"rows={self.rows} x seq_len={self.seq_len} cannot hold prompts x samples"
                        f" = {self.trajectories} full-length trajectories of {positions} "
                        "positions (prompt_len + response_len - 1)")
-    if self.rows % self.num_microbatches:
-      raise ValueError(f"rows={self.rows} is not divisible by num_microbatches="
-                       f"{self.num_microbatches}")
+    if self.rows % self.num_microbatches or self.sft_rows % self.num_microbatches:
+      raise ValueError(f"rows={self.rows} and sft_rows={self.sft_rows} must be divisible by "
+                       f"num_microbatches={self.num_microbatches}")
 
   @property
   def trajectories(self) -> int:
@@ -171,7 +173,8 @@ def plan_rl(model: ModelConfig, optim: OptimConfig, rl: RLConfig, mesh_shape: Ma
                                                 fsdp_over_sequence=fsdp_over_sequence)
   model = dataclasses.replace(model, max_seq_len=max(seq_len, shape.cache_len))
   mesh = shd.make_mesh(mesh_shape, devices)
-  aot = aot_rl_memory(model, optim, rl, mesh, seq_len=seq_len, batch_size=shape.rows,
+  aot = aot_rl_memory(model, optim, rl, mesh, seq_len=seq_len,
+                      batch_size=shape.rows + shape.sft_rows,
                       num_microbatches=shape.num_microbatches, loss_impl=loss_impl)
   params, opt = aot["param_bytes"], aot["optimizer_bytes"]
   reference = params if rl.kl_coef else 0  # a frozen copy of the policy params

@@ -160,6 +160,27 @@ def test_resume_from_the_checkpoint_is_exact(straight, sft_dir, tmp_path):
   _assert_same_run(workdir, straight_dir)
 
 
+def test_sft_term_reads_sft_rows_and_resumes_its_data_position_exactly(sft_dir, tmp_path):
+  """rl.sft_coef > 0: every update also trains on train.sft_rows packed SFT rows (loss/sft
+  logged, SFT tokens counted), and a resumed run continues the SFT data where it stopped (the
+  Grain iterator is in the checkpoint): N batches straight == N/2 + N/2."""
+  ptx = dict(sft_rows=2)
+
+  def config(steps):
+    c = rl_smoke_config(str(sft_dir), steps, **ptx)
+    c.rl.sft_coef = 0.5
+    return c
+  straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
+  rl_trainer.train(config(STEPS), str(straight_dir), log=lambda _: None)
+  rl_trainer.train(config(STEPS // 2), str(split_dir), log=lambda _: None)
+  rl_trainer.train(config(STEPS), str(split_dir), log=lambda _: None)
+  metrics = _metrics(straight_dir)
+  assert all(m["loss/sft"] > 0 and m["train/sft_tokens"] > 0 for m in metrics.values())
+  assert _metrics(split_dir) == metrics
+  a, b = _params(straight_dir), _params(split_dir)
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 @pytest.mark.slow
 def test_resume_in_a_fresh_process_after_a_crash_during_save_is_exact(straight, sft_dir,
                                                                       tmp_path):
@@ -217,6 +238,14 @@ def test_config_errors_name_the_field_and_ablation_overrides_are_valid(tmp_path)
   with pytest.raises(ValueError, match=r"rl\.init_from=.*missing does not exist"):
     rl_trainer.train(config, str(tmp_path / "c"))
   assert not (tmp_path / "c").exists()  # nothing written before the config is valid
+  config = rl_config.get_config("smoke")
+  config.rl.sft_coef = 0.5
+  with pytest.raises(ValueError, match=r"rl\.sft_coef=0\.5 needs train\.sft_rows >= 1"):
+    rl_trainer.train(config, str(tmp_path / "d"))
+  config = rl_config.get_config("smoke")
+  config.train.sft_rows = 2
+  with pytest.raises(ValueError, match=r"train\.sft_rows=2 is unused while rl\.sft_coef=0"):
+    rl_trainer.train(config, str(tmp_path / "e"))
   # The reproduce report's ablations: band off, replay off, symmetric clip.
   config = rl_config.get_config("smoke")
   config.rl.update(dict(pass_rate_low=0.0, pass_rate_high=1.0, online_filter=False,

@@ -18,9 +18,11 @@ from motif_jax import sharding as shd
 from motif_jax import trainer
 from motif_jax.rl.config import RLConfig
 from motif_jax.rl.objectives import ADVANTAGES
-from motif_jax.rl.packing import pack_trajectories
+from motif_jax.rl.packing import add_sft_rows, pack_trajectories
+from motif_jax.rl.packing import rl_count as rl_count_of
 from motif_jax.rl.replay import Trajectory
-from motif_jax.rl.step import RLStepConfig, jit_old_logprobs, jit_rl_step, rl_updates
+from motif_jax.rl.step import (RLStepConfig, jit_old_logprobs, jit_rl_step, policy_logprobs,
+                               rl_loss, rl_updates)
 from motif_jax.train_state import init_train_state
 
 B, T, LR = 8, 16, 0.5
@@ -237,3 +239,62 @@ def test_one_update_per_rollout_takes_pi_old_from_its_own_forward_pass(setup):
   step_size = optax.tree.norm(jax.tree.map(jnp.subtract, state_b.params, params))
   delta = optax.tree.norm(jax.tree.map(jnp.subtract, state_a.params, state_b.params))
   assert float(step_size) > 1e-3 and float(delta) < 1e-5 * float(step_size)
+
+
+def _sft_rows(model, rows=4, seed=7):
+  """Packed SFT rows: two segments per row, ragged loss masks."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, model.vocab_size, (rows, T)).astype(np.int32)
+  seg = np.where(np.arange(T) < 10, 1, 2)[None].repeat(rows, 0).astype(np.int32)
+  positions = (np.arange(T)[None] - np.where(seg == 1, 0, 10)).astype(np.int32)
+  loss_mask = ((positions >= 2) & (positions < 2 + np.arange(1, rows + 1)[:, None] * 2)
+               ).astype(np.int32)
+  return dict(tokens=tokens, targets=np.roll(tokens, -1, axis=1), segment_ids=seg,
+              positions=positions, loss_mask=loss_mask)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_add_sft_rows_scales_the_sft_term_by_the_rl_count(setup, level):
+  model = setup[0]
+  batch, sft = rl_batch(model), _sft_rows(model)
+  out = add_sft_rows(batch, sft, coef=0.5, level=level)
+  assert out["tokens"].shape == (B + 4, T)
+  rl_count = batch["loss_mask"].sum() if level == "token" else 2 * B  # 2 trajectories per row
+  assert rl_count_of(batch, level) == rl_count
+  np.testing.assert_allclose(out["sft_weights"][B:][sft["loss_mask"] > 0],
+                             0.5 * rl_count / sft["loss_mask"].sum())
+  assert not out["sft_weights"][:B].any() and not out["loss_mask"][B:].any()
+  assert not out["sequence_ids"][B:].any() and not out["advantages"][B:].any()
+  np.testing.assert_array_equal(out["segment_ids"][B:], sft["segment_ids"])
+
+
+def test_sft_term_adds_coef_times_the_mean_sft_nll_under_microbatching(setup):
+  """loss = RL loss + sft_coef x mean SFT NLL: the step's loss and update equal the gradient of
+  that oracle, with 1 and 4 micro-batches, and the RL metrics do not see the SFT rows."""
+  model, params, sgd, steps = setup
+  rl = dataclasses.replace(RL, sft_coef=0.5)
+  batch, sft = rl_batch(model), _sft_rows(model)
+  mixed = add_sft_rows(batch, sft, coef=0.5, level=rl.loss_level)
+  cfg = RLStepConfig(model, rl)
+
+  def oracle(p):
+    rl_sum, _ = rl_loss(p, {k: batch[k] for k in RLStepConfig(model, RL).batch_keys},
+                        RLStepConfig(model, RL))
+    logp, _ = policy_logprobs(p, sft, cfg)
+    return rl_sum / batch["loss_mask"].sum() - 0.5 * logp.sum() / sft["loss_mask"].sum()
+
+  expected_loss, grads = jax.value_and_grad(oracle)(params)
+  _, m_rl = _new_params(steps[1], params, sgd, batch)
+  nll = float((expected_loss - m_rl["loss/rl"]) / 0.5)
+  for m in (1, 4):
+    step = jit_rl_step(RLStepConfig(model, rl, num_microbatches=m), sgd,
+                       optax.constant_schedule(LR))
+    state, metrics = _new_params(step, params, sgd, mixed)
+    np.testing.assert_allclose(metrics["loss/rl"], expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss/sft"], nll, rtol=1e-4)
+    assert float(metrics["train/sft_tokens"]) == sft["loss_mask"].sum()
+    for name in ("train/tokens", "rl/reward", "entropy", "clip/low", "is/mean"):
+      np.testing.assert_allclose(metrics[name], m_rl[name], rtol=1e-5, err_msg=name)
+    for new, old, g in zip(jax.tree.leaves(state.params), jax.tree.leaves(params),
+                           jax.tree.leaves(grads)):
+      np.testing.assert_allclose(new, old - LR * g, rtol=1e-4, atol=1e-6)

@@ -29,6 +29,7 @@ class RLConfig:
   ratio_level: str
   kl_coef: float
   entropy_coef: float
+  sft_coef: float
   tis_cap: float
   old_policy: str
   temperature: float
@@ -57,7 +58,7 @@ class RLConfig:
     for name in ("group_size", "updates_per_rollout", "offline_samples", "replay_capacity"):
       if getattr(self, name) < 1:
         raise ValueError(f"rl.{name}={getattr(self, name)!r} must be >= 1")
-    for name in ("eps_low", "eps_high", "kl_coef", "entropy_coef", "max_staleness",
+    for name in ("eps_low", "eps_high", "kl_coef", "entropy_coef", "sft_coef", "max_staleness",
                  "offline_prompts"):
       if getattr(self, name) < 0:
         raise ValueError(f"rl.{name}={getattr(self, name)!r} must be >= 0")

@@ -9,6 +9,11 @@ domain are repeated on its tokens. Rows are filled first-fit in the given order 
 `old_logprobs` starts as a copy of the behaviour log-probs (`rl_updates` replaces it as
 rl.old_policy says); `ref_logprobs`, when rl.kl_coef > 0, come from a forward pass of the
 reference params (`step.jit_old_logprobs`).
+
+`add_sft_rows` appends packed SFT rows (rl.sft_coef > 0, PPO-ptx): their RL fields are zero
+(no loss_mask, no sequence), and `sft_weights` puts sft_coef x (RL count / SFT tokens) on their
+completion tokens, so the step's one division by the RL count gives RL loss + sft_coef x the
+mean SFT NLL, exactly, under any micro-batching.
 """
 
 from __future__ import annotations
@@ -69,3 +74,32 @@ def pack_trajectories(trajectories: Sequence[Trajectory], *, rows: int, seq_len:
     fill[r] += n
   batch["old_logprobs"] = batch["behaviour_logprobs"].copy()
   return batch
+
+
+def rl_count(batch: dict[str, np.ndarray], level: str) -> int:
+  """What `rl_step` divides by: completion tokens (token level) or trajectories with at least
+  one completion token (sequence level)."""
+  mask = batch["loss_mask"] > 0
+  if level == "token":
+    return int(mask.sum())
+  rows, _ = np.nonzero(mask)
+  return len(set(zip(rows.tolist(), batch["sequence_ids"][mask].tolist())))
+
+
+def add_sft_rows(batch: dict[str, np.ndarray], sft: dict[str, np.ndarray], *, coef: float,
+                 level: str) -> dict[str, np.ndarray]:
+  """`batch`'s rows, then `sft`'s (an SFT pipeline batch: tokens, targets, segment_ids,
+  positions, loss_mask), with `sft_weights` (see the module docstring)."""
+  rows = sft["tokens"].shape[0]
+  if sft["tokens"].shape[1] != batch["tokens"].shape[1]:
+    raise ValueError(f"SFT rows hold {sft['tokens'].shape[1]} tokens, RL rows "
+                     f"{batch['tokens'].shape[1]}")
+  sft_mask = (sft["loss_mask"] > 0).astype(np.float32)
+  scale = coef * max(rl_count(batch, level), 1) / max(float(sft_mask.sum()), 1.0)
+  out = {}
+  for k, v in batch.items():
+    extra = sft[k] if k in ("tokens", "targets", "segment_ids", "positions") else 0
+    out[k] = np.concatenate([v, np.broadcast_to(np.asarray(extra, v.dtype),
+                                                (rows, v.shape[1]))], axis=0)
+  out["sft_weights"] = np.concatenate([np.zeros_like(batch["advantages"]), scale * sft_mask])
+  return out

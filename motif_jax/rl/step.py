@@ -4,8 +4,10 @@ A batch is a dict of [B, T] arrays, trajectories (prompt + completion) packed in
 tokens, targets, segment_ids, positions (as SFT), loss_mask (completion tokens only),
 sequence_ids (per-row trajectory id, 0 = none; a trajectory never spans rows), advantages,
 behaviour_logprobs (μ, the sampler's), old_logprobs (π_old, see `rl_updates`), rewards, passed,
-truncated (per-trajectory values repeated on its tokens), domain_ids (index into rl.domains), and
-ref_logprobs when rl.kl_coef > 0.
+truncated (per-trajectory values repeated on its tokens), domain_ids (index into rl.domains),
+ref_logprobs when rl.kl_coef > 0, and sft_weights when rl.sft_coef > 0 (SFT rows appended by
+`packing.add_sft_rows`: the step adds sum(sft_weights x -log π) to the loss, at the sampling
+temperature).
 
 Normalization is exact under micro-batching (sft.accumulate: float32 sums of per-token terms,
 divided once): token level divides by the completion-token count of the whole global batch
@@ -59,15 +61,19 @@ class RLStepConfig:
 
   @property
   def batch_keys(self) -> tuple[str, ...]:
-    return SFT_KEYS + RL_KEYS + (("ref_logprobs",) if self.rl.kl_coef else ())
+    return (SFT_KEYS + RL_KEYS + (("ref_logprobs",) if self.rl.kl_coef else ())
+            + (("sft_weights",) if self.rl.sft_coef else ()))
 
 
-def policy_logprobs(params, batch: dict, cfg: RLStepConfig) -> tuple[jax.Array, jax.Array]:
-  """(log π(target), entropy) per token at the sampling temperature; 0 off the loss mask."""
+def policy_logprobs(params, batch: dict, cfg: RLStepConfig, mask_bt=None
+                    ) -> tuple[jax.Array, jax.Array]:
+  """(log π(target), entropy) per token at the sampling temperature; 0 off `mask_bt` (default
+  the loss mask)."""
   hidden_btd = forward(params, batch["tokens"], cfg.model, segment_ids=batch["segment_ids"],
                        positions=batch["positions"])
   return losses.token_logprobs_and_entropy(
-      params, hidden_btd, batch["targets"], batch["loss_mask"], cfg.model,
+      params, hidden_btd, batch["targets"],
+      batch["loss_mask"] if mask_bt is None else mask_bt, cfg.model,
       temperature=cfg.rl.temperature, impl=cfg.loss_impl, block_sizes=cfg.loss_block_sizes)
 
 
@@ -93,12 +99,20 @@ def _batch_stats(batch: dict, stats: dict, cfg: RLStepConfig) -> dict:
 
 def rl_loss(params, batch: dict, cfg: RLStepConfig) -> tuple[jax.Array, dict]:
   """(sum of weighted per-token loss terms, statistics) for one (micro-)batch."""
-  logp_bt, entropy_bt = policy_logprobs(params, batch, cfg)
+  sft_w = batch.get("sft_weights")
+  mask = None if sft_w is None else jnp.where(sft_w > 0, 1, batch["loss_mask"])
+  logp_bt, entropy_bt = policy_logprobs(params, batch, cfg, mask)
   if cfg.old_is_current:
     batch = dict(batch, old_logprobs=jax.lax.stop_gradient(logp_bt))
   loss_bt, stats = obj.policy_loss_terms(logp_bt, entropy_bt, batch, cfg.rl)
   weights_bt = obj.token_weights(batch["loss_mask"], batch["sequence_ids"], cfg.rl.loss_level)
-  return jnp.sum(weights_bt * loss_bt), _batch_stats(batch, stats, cfg)
+  loss, out = jnp.sum(weights_bt * loss_bt), _batch_stats(batch, stats, cfg)
+  if sft_w is not None:  # the SFT term (PPO-ptx), pre-scaled on the host (packing.add_sft_rows)
+    loss = loss - jnp.sum(sft_w * logp_bt)
+    on_sft = (sft_w > 0).astype(jnp.float32)
+    out["sum"] |= {"sft_tokens": jnp.sum(on_sft),
+                   "sft_nll": -jnp.sum(on_sft * jax.lax.stop_gradient(logp_bt))}
+  return loss, out
 
 
 def _metrics(sums: dict, maxes: dict, cfg: RLStepConfig) -> dict:
@@ -116,6 +130,9 @@ def _metrics(sums: dict, maxes: dict, cfg: RLStepConfig) -> dict:
        "train/sequences": sums["sequences"]}
   if cfg.rl.kl_coef:
     m["kl/ref"] = sums["kl_ref"] / tokens
+  if cfg.rl.sft_coef:
+    m["loss/sft"] = sums["sft_nll"] / jnp.maximum(sums["sft_tokens"], 1.0)
+    m["train/sft_tokens"] = sums["sft_tokens"]
   for d, name in enumerate(cfg.rl.domain_names):
     n = jnp.maximum(sums["domain_sequences"][d], 1.0)
     m[f"domain/{name}/sequences"] = sums["domain_sequences"][d]

@@ -13,9 +13,11 @@ One loop step is one rollout batch:
   3. group-relative advantages; the replay buffer mixes `rl.replay_fraction` replayed
      trajectories (at most `rl.max_staleness` policy versions old) with fresh ones;
   4. the trajectories are packed into `train.rows` x `train.seq_len` rows (any that do not fit
-     are left out and counted in pack/dropped) and `rl.updates_per_rollout` jitted `rl_step`s
-     run on them (`rl_updates`; π_old recomputed or the behaviour log-probs; reference
-     log-probs when rl.kl_coef > 0).
+     are left out and counted in pack/dropped), with rl.sft_coef > 0 plus `train.sft_rows`
+     packed SFT rows of data.inputs (the SFT trainer's pipeline; its Grain iterator is
+     checkpointed with the train state), and `rl.updates_per_rollout` jitted `rl_step`s run on
+     them (`rl_updates`; π_old recomputed or the behaviour log-probs; reference log-probs when
+     rl.kl_coef > 0).
 
 The policy version is the optimizer step count. Host state (queue position, pass-rate
 statistics, online-filter counts, replay buffer, per-domain reward EMA, the sampler-call count
@@ -39,13 +41,13 @@ from jax.sharding import NamedSharding
 
 from motif_jax import checkpoint, eval_run, evaluation, loop, typed_config
 from motif_jax import sharding as shd
-from motif_jax.data import curate, formats
+from motif_jax.data import curate, formats, pipeline
 from motif_jax.data.config import DataConfig
 from motif_jax.model import ModelConfig, validate_sharding
 from motif_jax.optim import OptimConfig, make_optimizer
 from motif_jax.rl import balance, filtering, prompts, rewards, rollout
 from motif_jax.rl.config import RLConfig
-from motif_jax.rl.packing import first_fit, pack_trajectories
+from motif_jax.rl.packing import add_sft_rows, first_fit, pack_trajectories
 from motif_jax.rl.replay import ReplayBuffer
 from motif_jax.rl.step import RLStepConfig, jit_old_logprobs, jit_rl_step, rl_updates
 from motif_jax.train_state import TrainState, init_train_state
@@ -56,6 +58,7 @@ class RLTrainConfig:
   num_steps: int  # rollout batches
   prompts_per_batch: int  # prompts per rollout batch (x rl.group_size trajectories)
   rows: int  # packed rows of an update batch
+  sft_rows: int  # packed SFT rows added to each update batch when rl.sft_coef > 0
   seq_len: int  # tokens per packed row (>= longest prompt + max_new_tokens)
   max_new_tokens: int  # completion budget
   max_refills: int  # extra sampler calls per batch when the online filter drops groups
@@ -74,14 +77,15 @@ class RLTrainConfig:
                  "num_microbatches", "log_every", "eval_max_new_tokens", "max_bad_steps"):
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name}={getattr(self, name)} must be >= 1")
-    for name in ("max_refills", "eval_every", "eval_problems"):
+    for name in ("max_refills", "eval_every", "eval_problems", "sft_rows"):
       if getattr(self, name) < 0:
         raise ValueError(f"train.{name}={getattr(self, name)} must be >= 0")
     if not self.prompts.strip():
       raise ValueError("train.prompts is empty: set it to toy or to JSONL/Parquet prompt records")
-    if self.rows % self.num_microbatches:
-      raise ValueError(f"train.rows={self.rows} must be a multiple of "
-                       f"train.num_microbatches={self.num_microbatches}")
+    for name in ("rows", "sft_rows"):
+      if getattr(self, name) % self.num_microbatches:
+        raise ValueError(f"train.{name}={getattr(self, name)} must be a multiple of "
+                         f"train.num_microbatches={self.num_microbatches}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,15 +110,21 @@ class RLRunConfig:
               ckpt=typed_config.build(loop.CkptConfig, config.ckpt, "ckpt"),
               mesh=shd.parse_mesh(",".join(f"{k}={v}" for k, v in config.mesh.items())))
     curate.check_tokenizer_fits(run.data, run.model.vocab_size)
+    if run.rl.sft_coef and not run.train.sft_rows:
+      raise ValueError(f"rl.sft_coef={run.rl.sft_coef} needs train.sft_rows >= 1 (SFT rows of "
+                       f"data.inputs per update)")
+    if run.train.sft_rows and not run.rl.sft_coef:
+      raise ValueError(f"train.sft_rows={run.train.sft_rows} is unused while rl.sft_coef=0")
     return run
 
   def check_mesh(self, mesh) -> None:
     shape = dict(zip(mesh.axis_names, mesh.devices.shape))
     shards = shd.shard_count("batch", self.model.sharding, shape)
-    if (self.train.rows // self.train.num_microbatches) % shards:
-      raise ValueError(f"train.rows={self.train.rows} / train.num_microbatches="
-                       f"{self.train.num_microbatches} must divide over the {shards} batch "
-                       f"shards of mesh {shape}")
+    for name in ("rows", "sft_rows"):
+      if (getattr(self.train, name) // self.train.num_microbatches) % shards:
+        raise ValueError(f"train.{name}={getattr(self.train, name)} / train.num_microbatches="
+                         f"{self.train.num_microbatches} must divide over the {shards} batch "
+                         f"shards of mesh {shape}")
     validate_sharding(self.model, shape)
 
 
@@ -212,11 +222,12 @@ def _train(run: RLRunConfig, workdir: Path, mesh, log: Callable) -> dict:
                                run.train.eval_every, run.train.max_bad_steps,
                                postfix=(("reward", "rl/reward"), ("kl", "kl/old")))
   shell = loop.Shell(workdir, settings, run.ckpt, evaluator, log=log)
+  sft_it = _sft_iterator(run, log) if run.rl.sft_coef else None
   scorer = rewards.Scorer(run.rewards)
   try:
     host = _fresh_host_state(run, pool)
     init_params = None
-    restored = shell.restore(abstract_state, host=True)
+    restored = shell.restore(abstract_state, sft_it, host=True)
     if restored is not None:
       _, state, saved = restored
       host.load_json(saved)
@@ -234,13 +245,25 @@ def _train(run: RLRunConfig, workdir: Path, mesh, log: Callable) -> dict:
     if restored is None and run.rl.offline_prompts:
       _offline_pass(state.params, run, pool, host, tokenizer, scorer, log)
     step = _RLStep(run, pool, host, tokenizer, scorer, ref_params, step_fn, logprobs_fn,
-                   batch_sharding, jax.random.wrap_key_data(np.asarray(jax.device_get(state.rng))))
-    summary = shell.run(state, host.rollout, step, host_state=host.to_json)
+                   batch_sharding, jax.random.wrap_key_data(np.asarray(jax.device_get(state.rng))),
+                   sft_it)
+    summary = shell.run(state, host.rollout, step, data_iterator=sft_it, host_state=host.to_json)
     summary["rl"] = step.last
     return summary
   finally:
     scorer.close()
     shell.close()
+
+
+def _sft_iterator(run: RLRunConfig, log: Callable[[str], None]):
+  """Packed SFT batches of `train.sft_rows` x `train.seq_len` from data.inputs (every process
+  reads the whole batch, as it builds the whole RL batch)."""
+  data = dataclasses.replace(run.data, seq_len=run.train.seq_len,
+                             global_batch_size=run.train.sft_rows)
+  ds, curation = pipeline.sft_dataset(data, process_index=0, process_count=1)
+  if curation is not None:
+    log(f"SFT term: {len(curation.kept)} of {len(curation.scored)} records kept by the filters")
+  return iter(ds)
 
 
 def _fresh_host_state(run: RLRunConfig, pool: prompts.PromptPool) -> HostState:
@@ -279,8 +302,8 @@ class _RLStep:
   """One rollout batch: collect groups, mix replay, pack, update; the shell's step function."""
 
   def __init__(self, run: RLRunConfig, pool, host: HostState, tokenizer, scorer, ref_params,
-               step_fn, old_logprobs_fn, batch_sharding, base_key):
-    self.run, self.pool, self.host = run, pool, host
+               step_fn, old_logprobs_fn, batch_sharding, base_key, sft_it=None):
+    self.run, self.pool, self.host, self.sft_it = run, pool, host, sft_it
     self.tokenizer, self.scorer, self.ref_params = tokenizer, scorer, ref_params
     self.step_fn, self.old_logprobs_fn = step_fn, old_logprobs_fn
     self.batch_sharding, self.base_key = batch_sharding, base_key
@@ -372,6 +395,9 @@ class _RLStep:
   def _device_batch(self, trajectories) -> dict[str, jax.Array]:
     batch = pack_trajectories(trajectories, rows=self.run.train.rows,
                               seq_len=self.run.train.seq_len)
+    if self.sft_it is not None:
+      batch = add_sft_rows(batch, next(self.sft_it), coef=self.run.rl.sft_coef,
+                           level=self.run.rl.loss_level)
     out = {k: jax.make_array_from_callback(v.shape, self.batch_sharding,
                                            lambda idx, v=v: v[idx]) for k, v in batch.items()}
     if self.ref_params is not None:
