@@ -77,12 +77,13 @@ def run_phases(phases: list[Phase], options: LaunchOptions, *,
                log: Callable[[str], None] = print) -> dict[str, str]:
   """Launch every phase whose inputs are ready; returns phase -> status line.
 
-  Single-run phases that need nothing (the probe, the memory run) run beside the others as their
-  own `experiments.sweep` process (output in DIR/<phase>/sweep_log.txt), so one long run does
-  not leave the other cores idle; the rest run here, in order.
+  With `parallel` > 1, single-run phases that need nothing (the probe, the memory run) run beside
+  the others as their own `experiments.sweep` process (output in DIR/<phase>/sweep_log.txt), so
+  one long run does not leave the other cores idle; the rest run here, in order. With
+  `parallel` = 1 every phase runs here, one run at a time.
   """
   status: dict[str, str] = {}
-  beside = [p for p in phases if len(p.points) == 1 and not p.needs]
+  beside = [p for p in phases if len(p.points) == 1 and not p.needs and options.parallel > 1]
   procs = {}
   for phase in beside:
     run = sweep_run(phase, options)
