@@ -212,6 +212,7 @@ def get_config(arg=None):
     return config
   config = reproduce.get_config("smoke")
   config.study.parts = "memory"
+  config.study.parallel = 2  # single-run phases then go beside the others
   return config
 '''
 
@@ -228,7 +229,8 @@ def test_resume_reuses_a_finished_part(tmp_path):
   stamp = memory_json.stat().st_mtime_ns
   second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert second.returncode == 0, second.stderr[-3000:]
-  # The single memory run goes beside the other phases, as its own sweep process.
+  # With parallel > 1 the single memory run goes beside the other phases, as its own sweep
+  # process.
   sweep_log = (workdir / "memory" / "sweep_log.txt").read_text()
   assert sweep_log.count("launching 1 of 1") == 1 and "skip" in sweep_log
   assert memory_json.stat().st_mtime_ns == stamp  # not run again
