@@ -181,6 +181,7 @@ def _tiny_probe_config(student: str, candidates: str = "toy"):
   config = probe_config.get_config("smoke")
   config.student = student
   config.candidates = candidates
+  config.data.tokenizer = ""  # bytes: the random tiny student has 512 vocabulary rows
   config.data.toy.update(dict(problems=6, reference_size=6, heldout_per_difficulty=1,
                               max_steps=2))
   config.data.seq_len = 96
@@ -234,6 +235,10 @@ def test_run_probe_counts_equal_budgets_writes_the_report_and_resumes(tiny_stude
 def test_config_errors_name_the_field(tiny_student, tmp_path):
   with pytest.raises(ValueError, match="candidates item .*missing.jsonl is not a file"):
     run_probe(_tiny_probe_config(tiny_student, "missing.jsonl"), str(tmp_path))
+  config = _tiny_probe_config(tiny_student)
+  config.data.tokenizer = "toy"  # 1,017 ids against 512 rows
+  with pytest.raises(ValueError, match=r"model.vocab_size=512 is smaller than .* data.tokenizer"):
+    run_probe(config, str(tmp_path / "vocab"), log=lambda _: None)
   config = _tiny_probe_config(tiny_student)
   config.probe.token_budget = 10 ** 7
   with pytest.raises(ValueError, match="probe.token_budget"):
