@@ -34,9 +34,10 @@ def study_section(smoke: bool) -> ml_collections.ConfigDict:
       seeds=1 if smoke else 2,  # SFT seeds (train.seed = data.seed = s); smoke: time, not stats
       rl_seeds=1 if smoke else 2,
       probe_seeds=1,  # teacher-probe runs (each probes all three toy teachers)
-      # points at once on the local launcher (1: one SFT run already keeps both cores of a 2-core
-      # box busy; > 1 also runs the probe and memory parts beside the SFT runs)
-      parallel=1,
+      # points at once on the local launcher (full: 1, one SFT run already keeps both cores of a
+      # 2-core box busy; smoke: 2, its seconds-long runs are mostly start-up); > 1 also runs the
+      # probe and memory parts beside the SFT runs
+      parallel=2 if smoke else 1,
       confidence=0.95,  # of every interval
       # Completion (loss) tokens per SFT run: each condition trains the steps that its own data
       # pipeline needs to reach this count (counted before launch, checked from metrics after).
