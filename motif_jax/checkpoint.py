@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from motif_jax.data.tokenizer import Tokenizer, check_fits
 from motif_jax.model.config import RUNTIME_FIELDS, ModelConfig
 from motif_jax.model.params import abstract_params, param_shardings
 
@@ -63,6 +64,20 @@ def check_trained_tokenizer(params: str | Path, tokenizer: str, field: str) -> N
   if trained in BUILTIN_TOKENIZERS or tokenizer in BUILTIN_TOKENIZERS:
     raise ValueError(f"{field}={tokenizer or 'bytes'!r}, but {params} was trained with "
                      f"data.tokenizer={trained or 'bytes'!r} ({run_config}): use that tokenizer")
+
+
+def read_config(directory: str | Path) -> ModelConfig:
+  """The ModelConfig `save_params` wrote beside the params in `directory`."""
+  return config_from_json((Path(directory) / CONFIG_FILE).read_text())
+
+
+def check_tokenizer(directory: str | Path, tokenizer: Tokenizer, spec: str, field: str) -> None:
+  """Before the params in `directory` are read: a run's final params were trained with
+  `spec` (the `field` value that made `tokenizer`; `check_trained_tokenizer`), and `tokenizer`
+  has no id past the saved model's vocabulary (an out-of-range id would be clamped silently)."""
+  check_trained_tokenizer(directory, spec, field)
+  check_fits(tokenizer, read_config(directory).vocab_size, f"{field}={spec or 'bytes'!r}",
+             "the checkpoint's model vocab_size")
 
 
 def save_params(directory: str | Path, cfg: ModelConfig, params: Any) -> Path:
@@ -112,7 +127,7 @@ def restore_params(directory: str | Path, *, mesh: Mesh | None = None) -> tuple[
   """`(cfg, params)` from `save_params`, placed as `param_shardings(cfg, mesh)` (one device if
   `mesh` is None)."""
   directory = Path(directory).absolute()
-  cfg = config_from_json((directory / CONFIG_FILE).read_text())
+  cfg = read_config(directory)
   abstract = abstract_params(cfg)
   if mesh is None:
     shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.devices()[0]), abstract)

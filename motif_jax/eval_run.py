@@ -25,7 +25,7 @@ from motif_jax.data import formats, sources, toy_corpus
 from motif_jax.data.config import FieldsConfig, ToyConfig
 from motif_jax.data.records import ParseCounts, Record
 from motif_jax.data.template import ChatTemplate
-from motif_jax.data.tokenizer import check_fits, load_tokenizer
+from motif_jax.data.tokenizer import load_tokenizer
 from motif_jax.rl import rewards
 
 SAMPLES, RESULT, REPORT, CONFIG = "samples.jsonl", "eval.json", "eval.md", "config.json"
@@ -134,10 +134,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] = print) -> dict[str
   reward_cfg = typed_config.build(rewards.RewardConfig, config.rewards, "rewards")
   template = typed_config.build(ChatTemplate, config.template, "template")
   tokenizer = load_tokenizer(config.tokenizer, template.special_tokens())
-  saved = checkpoint.config_from_json((source / checkpoint.CONFIG_FILE).read_text())
-  check_fits(tokenizer, saved.vocab_size, f"tokenizer={config.tokenizer or 'bytes'!r}",
-             "the checkpoint's model vocab_size")  # before the params are read
-  checkpoint.check_trained_tokenizer(source, config.tokenizer, "tokenizer")
+  checkpoint.check_tokenizer(source, tokenizer, config.tokenizer, "tokenizer")
   workdir_path.mkdir(parents=True, exist_ok=True)
   _check_resume(workdir_path, config)
   (workdir_path / CONFIG).write_text(config.to_json_best_effort(indent=2))

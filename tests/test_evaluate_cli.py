@@ -147,7 +147,6 @@ def test_a_run_trained_with_another_builtin_tokenizer_is_refused_before_loading(
     (run / "final" / name).symlink_to(params_dir / "final" / name)
   (run / "config.json").write_text(json.dumps({"data": {"tokenizer": trained}}))
   monkeypatch.setattr(checkpoint, "restore_params", lambda *_, **__: pytest.fail("read params"))
-  monkeypatch.setattr(eval_run, "check_fits", lambda *_, **__: None)  # toy has > 512 ids
   with pytest.raises(ValueError, match=rf"tokenizer=.*trained with data.tokenizer="
                                        rf"'{trained or 'bytes'}'"):
     eval_run.run(_config(run, tokenizer=ours), str(tmp_path / "eval"))

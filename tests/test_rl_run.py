@@ -222,30 +222,28 @@ def test_resume_in_a_fresh_process_after_a_crash_during_save_is_exact(straight, 
   _assert_same_run(workdir, straight_dir)
 
 
-def test_config_errors_name_the_field_and_ablation_overrides_are_valid(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    ({"rl.eps_low": 1.5}, r"rl\.eps_low=1\.5 must be < 1"),
+    ({"train.rows": 7, "train.num_microbatches": 2},
+     r"train\.rows=7 must be a multiple of train\.num_microbatches=2"),
+    ({"rl.sft_coef": 0.5}, r"rl\.sft_coef=0\.5 needs train\.sft_rows >= 1"),
+    ({"train.sft_rows": 2}, r"train\.sft_rows=2 is unused while rl\.sft_coef=0"),
+])
+def test_config_errors_name_the_field(tmp_path, overrides, message):
   config = rl_config.get_config("smoke")
-  config.rl.eps_low = 1.5
-  with pytest.raises(ValueError, match=r"rl\.eps_low=1\.5 must be < 1"):
-    rl_trainer.train(config, str(tmp_path / "a"))
-  config = rl_config.get_config("smoke")
-  config.train.rows = 7
-  config.train.num_microbatches = 2
-  with pytest.raises(ValueError, match=r"train\.rows=7 must be a multiple of "
-                                       r"train\.num_microbatches=2"):
-    rl_trainer.train(config, str(tmp_path / "b"))
+  for path, value in overrides.items():
+    section, name = path.split(".")
+    config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    rl_trainer.train(config, str(tmp_path / "run"))
+
+
+def test_a_missing_init_dir_is_refused_before_writing_and_ablation_overrides_are_valid(tmp_path):
   config = rl_config.get_config("smoke")
   config.rl.init_from = str(tmp_path / "missing")
   with pytest.raises(ValueError, match=r"rl\.init_from=.*missing does not exist"):
     rl_trainer.train(config, str(tmp_path / "c"))
   assert not (tmp_path / "c").exists()  # nothing written before the config is valid
-  config = rl_config.get_config("smoke")
-  config.rl.sft_coef = 0.5
-  with pytest.raises(ValueError, match=r"rl\.sft_coef=0\.5 needs train\.sft_rows >= 1"):
-    rl_trainer.train(config, str(tmp_path / "d"))
-  config = rl_config.get_config("smoke")
-  config.train.sft_rows = 2
-  with pytest.raises(ValueError, match=r"train\.sft_rows=2 is unused while rl\.sft_coef=0"):
-    rl_trainer.train(config, str(tmp_path / "e"))
   # The reproduce report's ablations: band off, replay off, symmetric clip.
   config = rl_config.get_config("smoke")
   config.rl.update(dict(pass_rate_low=0.0, pass_rate_high=1.0, online_filter=False,

@@ -162,10 +162,8 @@ def run_probe(config, workdir: str, *, log: Callable[[str], None] = print) -> di
     if not recs:
       raise ValueError(f"candidates item {files[name]} holds no valid record")
   source = student_dir(config, run, root, log)
-  checkpoint.check_trained_tokenizer(source, run.data.tokenizer, "data.tokenizer")
-  saved = checkpoint.config_from_json((source / checkpoint.CONFIG_FILE).read_text())
-  curate.check_tokenizer_fits(run.data, saved.vocab_size)  # before the params are read
   tokenizer = curate.make_tokenizer(run.data)
+  checkpoint.check_tokenizer(source, tokenizer, run.data.tokenizer, "data.tokenizer")
   template = run.data.template
   token_budget = run.probe.token_budget or min(
       budget.completion_tokens(recs, tokenizer, template, run.probe.seq_len)
