@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -162,6 +163,12 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: ShardingR
   if mesh.empty:
     return x
   return jax.lax.with_sharding_constraint(x, activation_spec(logical_axes, rules, mesh))
+
+
+def single_device() -> bool:
+  """True when no mesh is set (`jax.set_mesh`) or the mesh has one device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh.empty or math.prod(mesh.axis_sizes) == 1
 
 
 def activation_spec(logical_axes: Sequence[str | None], rules: ShardingRules,

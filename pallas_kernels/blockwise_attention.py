@@ -79,6 +79,12 @@ def _kv_bound(i, *, causal: bool, bq: int, bk: int, nk: int, t: int, q_offset=0)
   return jnp.clip((last + bk) // bk, 0, nk)
 
 
+def _heads_major(x_btk_):
+  """[b, t, k, (g,) h] -> [b, k, (g,) t, h]: every tile dot below is then a batched 2-D matmul
+  over leading (b, k) dims, which XLA CPU runs without per-tile transposed copies."""
+  return jnp.moveaxis(x_btk_, 1, -2)
+
+
 def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale: float,
                       block_q: int, block_k: int, q_offset=0, seg_k_bs=None):
   """Returns o_btkgv (dtype of q) and lse_bkgt (float32).
@@ -91,29 +97,30 @@ def blockwise_forward(q_btkgh, k_bskh, v_bskv, seg_bt, *, causal: bool, sm_scale
   s_len = k_bskh.shape[1]
   bq, bk, nq, nk, k_pad, v_pad, segq_pad, segk_pad = _blocked_keys(
       k_bskh, v_bskv, seg_bt, seg_k_bs, t=t, block_q=block_q, block_k=block_k)
-  q_pad = _pad_to(q_btkgh, nq * bq, 1)
+  q_bkgth = _heads_major(_pad_to(q_btkgh, nq * bq, 1))
+  k_bksh, v_bksv = _heads_major(k_pad), _heads_major(v_pad)
   vd = v_bskv.shape[-1]
 
   def q_block(i):
-    q_i = lax.dynamic_slice_in_dim(q_pad, i * bq, bq, axis=1)
+    q_i = lax.dynamic_slice_in_dim(q_bkgth, i * bq, bq, axis=3)
     rows = i * bq + jnp.arange(bq)
     seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
 
     def kv_step(j, carry):
       acc_bkgqv, m_bkgq, l_bkgq = carry
-      k_j = lax.dynamic_slice_in_dim(k_pad, j * bk, bk, axis=1)
-      v_j = lax.dynamic_slice_in_dim(v_pad, j * bk, bk, axis=1)
+      k_j = lax.dynamic_slice_in_dim(k_bksh, j * bk, bk, axis=2)
+      v_j = lax.dynamic_slice_in_dim(v_bksv, j * bk, bk, axis=2)
       seg_k = None if seg_bt is None else lax.dynamic_slice_in_dim(segk_pad, j * bk, bk, axis=1)
       mask = _heads_mask(tile_mask(rows, j * bk + jnp.arange(bk), seg_q, seg_k, causal=causal,
                                    q_len=t, k_len=s_len, q_offset=q_offset))
-      s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
+      s = jnp.einsum("bkgqh,bksh->bkgqs", q_i, k_j,
                      preferred_element_type=jnp.float32) * sm_scale
       s = jnp.where(mask, s, MASK_VALUE)
       m_new = jnp.maximum(m_bkgq, s.max(-1))
       alpha = jnp.exp(m_bkgq - m_new)
       p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
       l_new = alpha * l_bkgq + p.sum(-1)
-      pv = jnp.einsum("bkgqs,bskv->bkgqv", p.astype(v_j.dtype), v_j,
+      pv = jnp.einsum("bkgqs,bksv->bkgqv", p.astype(v_j.dtype), v_j,
                       preferred_element_type=jnp.float32)
       return acc_bkgqv * alpha[..., None] + pv, m_new, l_new
 
@@ -148,49 +155,51 @@ def blockwise_backward(q_btkgh, k_bskh, v_bskv, seg_bt, lse_bkgt, do_btkgv, delt
   vd = v_bskv.shape[-1]
   bq, bk, nq, nk, k_pad, v_pad, segq_pad, segk_pad = _blocked_keys(
       k_bskh, v_bskv, seg_bt, seg_k_bs, t=t, block_q=block_q, block_k=block_k)
-  q_pad, do_pad = _pad_to(q_btkgh, nq * bq, 1), _pad_to(do_btkgv, nq * bq, 1)
+  q_bkgth = _heads_major(_pad_to(q_btkgh, nq * bq, 1))
+  do_bkgtv = _heads_major(_pad_to(do_btkgv, nq * bq, 1))
+  k_bksh, v_bksv = _heads_major(k_pad), _heads_major(v_pad)
   lse_pad, delta_pad = _pad_to(lse_bkgt, nq * bq, 3), _pad_to(delta_bkgt, nq * bq, 3)
 
   def kv_block(j, carry):
     dq_acc, dk_all, dv_all = carry
-    k_j = lax.dynamic_slice_in_dim(k_pad, j * bk, bk, axis=1)
-    v_j = lax.dynamic_slice_in_dim(v_pad, j * bk, bk, axis=1)
+    k_j = lax.dynamic_slice_in_dim(k_bksh, j * bk, bk, axis=2)
+    v_j = lax.dynamic_slice_in_dim(v_bksv, j * bk, bk, axis=2)
     cols = j * bk + jnp.arange(bk)
     seg_k = None if seg_bt is None else lax.dynamic_slice_in_dim(segk_pad, j * bk, bk, axis=1)
 
     def q_step(i, inner):
       dq_acc, dk_j, dv_j = inner
-      q_i = lax.dynamic_slice_in_dim(q_pad, i * bq, bq, axis=1)
-      do_i = lax.dynamic_slice_in_dim(do_pad, i * bq, bq, axis=1)
+      q_i = lax.dynamic_slice_in_dim(q_bkgth, i * bq, bq, axis=3)
+      do_i = lax.dynamic_slice_in_dim(do_bkgtv, i * bq, bq, axis=3)
       lse_i = lax.dynamic_slice_in_dim(lse_pad, i * bq, bq, axis=3)
       delta_i = lax.dynamic_slice_in_dim(delta_pad, i * bq, bq, axis=3)
       seg_q = None if seg_bt is None else lax.dynamic_slice_in_dim(segq_pad, i * bq, bq, axis=1)
       mask = _heads_mask(tile_mask(i * bq + jnp.arange(bq), cols, seg_q, seg_k, causal=causal,
                                    q_len=t, k_len=s_len, q_offset=q_offset))
-      s = jnp.einsum("bqkgh,bskh->bkgqs", q_i, k_j,
+      s = jnp.einsum("bkgqh,bksh->bkgqs", q_i, k_j,
                      preferred_element_type=jnp.float32) * sm_scale
       p = jnp.where(mask, jnp.exp(s - lse_i[..., None]), 0.0)
-      dv_j = dv_j + jnp.einsum("bkgqs,bqkgv->bskv", p.astype(do_i.dtype), do_i,
+      dv_j = dv_j + jnp.einsum("bkgqs,bkgqv->bksv", p.astype(do_i.dtype), do_i,
                                preferred_element_type=jnp.float32)
-      dp = jnp.einsum("bqkgv,bskv->bkgqs", do_i, v_j, preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bkgqv,bksv->bkgqs", do_i, v_j, preferred_element_type=jnp.float32)
       ds = (p * (dp - delta_i[..., None])).astype(q_i.dtype)
-      dk_j = dk_j + jnp.einsum("bkgqs,bqkgh->bskh", ds, q_i, preferred_element_type=jnp.float32)
-      dq_i = jnp.einsum("bkgqs,bskh->bqkgh", ds, k_j, preferred_element_type=jnp.float32)
+      dk_j = dk_j + jnp.einsum("bkgqs,bkgqh->bksh", ds, q_i, preferred_element_type=jnp.float32)
+      dq_i = jnp.einsum("bkgqs,bksh->bkgqh", ds, k_j, preferred_element_type=jnp.float32)
       dq_acc = lax.dynamic_update_slice_in_dim(
-          dq_acc, lax.dynamic_slice_in_dim(dq_acc, i * bq, bq, axis=1) + dq_i, i * bq, axis=1)
+          dq_acc, lax.dynamic_slice_in_dim(dq_acc, i * bq, bq, axis=3) + dq_i, i * bq, axis=3)
       return dq_acc, dk_j, dv_j
 
     lo = jnp.clip((j * bk - q_offset) // bq, 0, nq) if causal else 0  # rows before j*bk: none
-    inner = (dq_acc, jnp.zeros((b, bk, kh, h), jnp.float32), jnp.zeros((b, bk, kh, vd),
+    inner = (dq_acc, jnp.zeros((b, kh, bk, h), jnp.float32), jnp.zeros((b, kh, bk, vd),
                                                                        jnp.float32))
     dq_acc, dk_j, dv_j = lax.fori_loop(lo, nq, q_step, inner)
     dk_all = lax.dynamic_update_slice_in_dim(dk_all, (dk_j * sm_scale).astype(dk_all.dtype),
-                                             j * bk, axis=1)
-    dv_all = lax.dynamic_update_slice_in_dim(dv_all, dv_j.astype(dv_all.dtype), j * bk, axis=1)
+                                             j * bk, axis=2)
+    dv_all = lax.dynamic_update_slice_in_dim(dv_all, dv_j.astype(dv_all.dtype), j * bk, axis=2)
     return dq_acc, dk_all, dv_all
 
-  init = (jnp.zeros(q_pad.shape, jnp.float32), jnp.zeros(k_pad.shape, k_bskh.dtype),
-          jnp.zeros(v_pad.shape, v_bskv.dtype))
-  dq_acc, dk_pad, dv_pad = lax.fori_loop(0, nk, kv_block, init)
-  dq = (dq_acc[:, :t] * sm_scale).astype(q_btkgh.dtype)
-  return dq, dk_pad[:, :s_len], dv_pad[:, :s_len]
+  init = (jnp.zeros(q_bkgth.shape, jnp.float32), jnp.zeros(k_bksh.shape, k_bskh.dtype),
+          jnp.zeros(v_bksv.shape, v_bskv.dtype))
+  dq_acc, dk_bksh, dv_bksv = lax.fori_loop(0, nk, kv_block, init)
+  dq = (jnp.moveaxis(dq_acc, 3, 1)[:, :t] * sm_scale).astype(q_btkgh.dtype)
+  return dq, jnp.moveaxis(dk_bksh, 2, 1)[:, :s_len], jnp.moveaxis(dv_bksv, 2, 1)[:, :s_len]

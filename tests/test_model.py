@@ -206,3 +206,30 @@ def test_bfloat16_compute_tracks_float32():
   rel_rms = np.sqrt(np.mean((np.asarray(low) - ref) ** 2) / np.mean(ref ** 2))
   assert 2e-3 < rel_rms < 3e-2, rel_rms
   assert np.abs(np.asarray(low) - ref).max() < 0.04 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("contract", [1, 2])
+def test_dense_flat_dot_equals_tensordot_on_one_device_and_on_a_mesh(contract):
+  """`layers.dense` (a 2-D [b*t, in] dot on one device, the unflattened contraction under a
+  mesh) is x's last `contract` dims times w's first ones: values and both gradients."""
+  from motif_jax import sharding as shd
+  from motif_jax.model import layers
+  kx, kw, ky = jax.random.split(jax.random.key(contract), 3)
+  x = jax.random.normal(kx, (2, 4, 3, 5) if contract == 2 else (2, 4, 3))
+  w = jax.random.normal(kw, (3, 5, 6) if contract == 2 else (3, 6))
+  dy = jax.random.normal(ky, (2, 4, 6))
+
+  def vjp(f):
+    y, pullback = jax.vjp(f, x, w)
+    return (y, *pullback(dy))
+  want = vjp(lambda x, w: jnp.tensordot(x, w, axes=contract))
+  run = lambda: vjp(lambda x, w: layers.dense(x, w, contract))  # noqa: E731
+  assert shd.single_device()
+  devices = jax.devices()
+  assert len(devices) >= 2, "conftest sets 8 host devices"
+  with shd.use_mesh(shd.make_mesh({"data": 2}, devices[:2])):
+    assert not shd.single_device()
+    on_mesh = jax.jit(run)()
+  for got in (jax.jit(run)(), on_mesh):
+    for g, r in zip(got, want):
+      np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)

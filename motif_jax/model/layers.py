@@ -6,6 +6,8 @@ n query heads, k kv heads, h head dim, f ffw width, v vocab, l layers.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
@@ -56,15 +58,32 @@ def polynorm(x_btf: jax.Array, w_3: jax.Array, b_1: jax.Array, eps: float) -> ja
   return y.astype(x_btf.dtype)
 
 
+def dense(x_bt_in: jax.Array, w_in_out: jax.Array, contract: int = 1) -> jax.Array:
+  """x's last `contract` dims times w's first `contract` dims (`jnp.tensordot`).
+
+  On one device as a 2-D [b*t, in] x [in, out] dot: XLA CPU lowers the weight gradient of a
+  `btd,df->btf` contraction (two contracting dims, b and t) through transposed copies of the
+  activations, and a SwiGLU MLP's forward + backward took 2.2x the 2-D form's time. Under a
+  mesh the contraction keeps its (b, t) dims: merging them hides their shardings from GSPMD,
+  which then gathered tensor-sharded weights whole.
+  """
+  if not shd.single_device():
+    return jnp.tensordot(x_bt_in, w_in_out, axes=contract)
+  lead, out = x_bt_in.shape[:x_bt_in.ndim - contract], w_in_out.shape[contract:]
+  size_in = math.prod(x_bt_in.shape[x_bt_in.ndim - contract:])
+  y = jnp.dot(x_bt_in.reshape(-1, size_in), w_in_out.reshape(size_in, -1))
+  return y.reshape(*lead, *out)
+
+
 def mlp(x_btd: jax.Array, p: dict, cfg: ModelConfig) -> jax.Array:
   """Gated MLP: down(act(gate(x)) * up(x)), act = SiLU (swiglu) or PolyNorm (polynorm)."""
   dtype = jnp.dtype(cfg.dtype)
-  gate_btf = jnp.einsum("btd,df->btf", x_btd, p["w_gate"].astype(dtype))
-  up_btf = jnp.einsum("btd,df->btf", x_btd, p["w_up"].astype(dtype))
+  gate_btf = dense(x_btd, p["w_gate"].astype(dtype))
+  up_btf = dense(x_btd, p["w_up"].astype(dtype))
   if cfg.mlp == "polynorm":
     act_btf = polynorm(gate_btf, p["poly_w"], p["poly_b"], cfg.polynorm_eps)
   else:
     act_btf = jax.nn.silu(gate_btf)
   hidden_btf = shd.constrain(act_btf * up_btf, ("batch", "seq", "ffw"), cfg.sharding)
   hidden_btf = checkpoint_name(hidden_btf, "mlp_hidden")
-  return jnp.einsum("btf,fd->btd", hidden_btf, p["w_down"].astype(dtype))
+  return dense(hidden_btf, p["w_down"].astype(dtype))
