@@ -41,7 +41,12 @@ IMPLS = ("pallas", "xla")
 class BlockSizes:
   """Tiles (tokens). Pallas ones must be powers of 2 >= 16; they are clamped to the sequence.
 
-  Untuned guesses for H100 at h = 128, v = 256 (no GPU was available when they were chosen).
+  Pallas ones: untuned guesses for H100 at h = 128, v = 256 (no GPU was available when they
+  were chosen). XLA ones: measured on 2 CPU cores (forward + backward, heads-major tiles; 128 is
+  best or within 5% of it at every shape below): tiny Motif 16 x 512, 4 groups of 4 + 1 heads:
+  363 / 427 / 688 / 1,680 ms at tiles 64 / 128 / 256 / 512 (dense: 998); quickstart-like
+  8 x 384: 54 / 55 / 169 / 146 (dense 105); side-by-side Llama 8 x 256: 20 / 18 / 27 / 27
+  (dense 19). Small tiles skip the masked half of causal attention and stay in cache.
   """
 
   block_q: int = 64  # pallas forward: query rows per program
@@ -50,8 +55,8 @@ class BlockSizes:
   block_k_dkv: int = 64  # pallas dk/dv: key rows per program
   block_q_dq: int = 64  # pallas dq: query rows per program
   block_k_dq: int = 32  # pallas dq: key rows per inner step
-  xla_block_q: int = 512  # xla fallback: query rows per map step
-  xla_block_k: int = 512  # xla fallback: key rows per loop step
+  xla_block_q: int = 128  # xla fallback: query rows per map step
+  xla_block_k: int = 128  # xla fallback: key rows per loop step
   num_warps: int | None = None  # pallas; None: 4 for widths <= 64, else 8
   num_stages: int = 2  # pallas software pipelining depth
 
