@@ -24,6 +24,9 @@ def rl_section() -> ml_collections.ConfigDict:
       group_size=8,  # samples per prompt (GRPO group)
       advantage="grpo",  # grpo: (r - group mean) / std | mean: r - group mean (Dr.GRPO)
       advantage_scale="group",  # grpo std over: group | domain (the trajectory's domain)
+      # Scale of negative advantages: 1 = the plain objective; 0 = reinforce correct samples
+      # only (PSR, Zhu et al. 2025; RAFT-like), which sharpens pass@1 at some cost in pass@k
+      negative_weight=1.0,
       eps_low=0.2,  # PPO ratio floor 1 - eps_low
       eps_high=0.28,  # ratio ceiling 1 + eps_high (clip-higher: > eps_low)
       dual_clip=0.0,  # 0 = off; c > 1 caps negative-advantage losses at -c A (e.g. 3)

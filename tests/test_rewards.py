@@ -60,6 +60,50 @@ def test_exact_reward_normalizes_whitespace_only():
       "no_extracted_answer")
 
 
+def test_steps_reward_checks_each_step_from_the_value_the_response_held():
+  """Hand-checked: `Start with 14. Add 7, then subtract 2, then multiply by 3.` is 14 -> 21 ->
+  19 -> 57. A slip in step 1 (23) fails that step only when step 2 continues from 23 correctly;
+  a step that ignores the held value fails; missing and extra steps count as wrong."""
+  arith = _record()
+  arith = dataclasses.replace(arith, prompt="Start with 14. Add 7, then subtract 2, then "
+                              "multiply by 3. What is the result?")
+
+  def score(*steps, record=arith):
+    text = "<think>\n" + "\n".join(f"{i + 1}. {s}" for i, s in enumerate(steps)) + (
+        "\n</think>\n\\boxed{0}")
+    return rewards.steps_reward(text, record).score
+  assert score("14 + 7 = 21", "21 - 2 = 19", "19 * 3 = 57") == 1.0
+  assert score("14 + 7 = 23", "23 - 2 = 21", "21 * 3 = 63") == pytest.approx(2 / 3)
+  assert score("14 + 7 = 21", "23 - 2 = 21", "21 * 3 = 63") == pytest.approx(2 / 3)
+  assert score("14 + 7 = 21", "21 - 2 = 19") == pytest.approx(2 / 3)
+  assert score("14 + 7 = 21", "21 - 2 = 19", "19 * 3 = 57", "57 + 1 = 58") == 0.75
+  assert score("14 + 7 = 21", "21 minus 2 is 19", "19 * 3 = 57") == pytest.approx(1 / 3)
+  lists = dataclasses.replace(_record("lists"), prompt="Start with the list [3, 1, 2]. Reverse "
+                              "the list, then append 4, then sort it in ascending order. What "
+                              "is the final list?")
+  assert score("reverse -> [2, 1, 3]", "append 4 -> [2, 1, 3, 4]", "sort ascending -> "
+               "[1, 2, 3, 4]", record=lists) == 1.0
+  assert score("reverse -> [2, 3, 1]", "append 4 -> [2, 3, 1, 4]", "sort ascending -> "
+               "[1, 2, 3, 4]", record=lists) == pytest.approx(2 / 3)
+  assert rewards.steps_reward(GOOD, _record()).details["reason"] == "not_a_toy_problem"
+
+
+def test_toy_prompts_parse_back_to_their_problems_and_reference_steps_score_one():
+  import random
+  from motif_jax.data import toy_problems, toy_steps
+  rng = random.Random(0)
+  for domain in ("arith", "lists"):
+    for ladder in ("small", "standard"):
+      for _ in range(100):
+        problem = toy_problems.make_problem(rng, domain, rng.randint(1, 6), ladder)
+        assert toy_steps.parse_prompt(domain, problem.prompt) == problem
+        values = toy_problems.run(problem)
+        steps = tuple(f"{i + 1}. {toy_problems.step_text(problem, i, values[i], values[i + 1])}"
+                      for i in range(problem.difficulty))
+        assert toy_steps.step_accuracy(problem, steps) == 1.0
+  assert toy_steps.parse_prompt("lists", "Start with 3. Add 1. What is the result?") is None
+
+
 def test_format_reward_cases():
   cases = [
       (GOOD, Context(), 1.0, None),

@@ -38,6 +38,19 @@ def test_grpo_advantages_hand_values():
   np.testing.assert_array_equal(adv, 0.0)
 
 
+def test_negative_weight_scales_only_negative_advantages():
+  """rl.negative_weight: 1 leaves GRPO's advantages, 0.25 quarters the negative ones, 0 keeps
+  only the better-than-group samples (positive sample reinforcement); positives never change."""
+  adv = obj.ADVANTAGES["grpo"](REWARDS, GROUPS, np.zeros(8), scale="group")
+  np.testing.assert_array_equal(obj.weight_negatives(adv, 1.0), adv)
+  np.testing.assert_allclose(obj.weight_negatives(adv, 0.25),
+                             [.866025, -.216506, -.216506, .866025, .5, .5, .5, -.375], rtol=1e-5)
+  np.testing.assert_allclose(obj.weight_negatives(adv, 0.0),
+                             [.866025, 0, 0, .866025, .5, .5, .5, 0], rtol=1e-5)
+  with pytest.raises(ValueError, match=r"rl\.negative_weight=1\.5 must be in \[0, 1\]"):
+    _rl(negative_weight=1.5)
+
+
 def test_clip_higher_is_asymmetric_and_dual_clip_caps_negative_advantages():
   ratio = jnp.array([0.7, 0.9, 1.25, 1.3, 0.7, 1.3, 4.0])
   adv = jnp.array([1., 1., 1., 1., -1., -1., -1.])
@@ -155,3 +168,20 @@ def test_tis_weight_scales_the_policy_gradient_term_of_replayed_tokens():
   np.testing.assert_array_equal(stats["is_capped"], [[1, 0]])
   loss, _ = obj.policy_loss_terms(logp, jnp.zeros_like(logp), batch, _rl(tis_cap=0.0))
   np.testing.assert_allclose(loss, [[-1.0, 1.0]], rtol=1e-6)
+
+
+def test_with_advantages_applies_the_negative_weight_per_group():
+  from motif_jax.rl import rollout
+  from motif_jax.rl.filtering import Group
+  from motif_jax.rl.replay import Trajectory
+
+  def traj(reward):
+    return Trajectory(prompt_tokens=np.ones(2, np.int32), completion_tokens=np.ones(3, np.int32),
+                      behaviour_logprobs=np.zeros(3, np.float32), reward=reward, advantage=0.0,
+                      passed=reward > 0, truncated=False, prompt_id=0, domain=0, version=0)
+  groups = [Group(prompt_id=g, rewards=list(REWARDS[GROUPS == g]),
+                  passed=list(REWARDS[GROUPS == g] > 0),
+                  payload=[traj(float(r)) for r in REWARDS[GROUPS == g]]) for g in (0, 1)]
+  got = [t.advantage for t in rollout.with_advantages(groups, _rl(negative_weight=0.5))]
+  np.testing.assert_allclose(got, [.866025, -.433013, -.433013, .866025, .5, .5, .5, -.75],
+                             rtol=1e-5)

@@ -22,6 +22,7 @@ class RLConfig:
   group_size: int
   advantage: str
   advantage_scale: str
+  negative_weight: float
   eps_low: float
   eps_high: float
   dual_clip: float
@@ -62,6 +63,8 @@ class RLConfig:
                  "offline_prompts"):
       if getattr(self, name) < 0:
         raise ValueError(f"rl.{name}={getattr(self, name)!r} must be >= 0")
+    if not 0 <= self.negative_weight <= 1:
+      raise ValueError(f"rl.negative_weight={self.negative_weight} must be in [0, 1]")
     if not self.eps_low < 1:
       raise ValueError(f"rl.eps_low={self.eps_low} must be < 1 (the ratio floor 1 - eps_low)")
     if self.dual_clip and self.dual_clip <= 1:

@@ -64,6 +64,13 @@ def grpo_advantages(rewards_n, group_n, domain_n, *, scale: str, eps: float = 1e
 ADVANTAGES = {"grpo": grpo_advantages, "mean": mean_advantages}
 
 
+def weight_negatives(adv_n: np.ndarray, weight: float) -> np.ndarray:
+  """Negative advantages times `weight` (1: unchanged; 0: only better-than-group samples are
+  reinforced, positive sample reinforcement)."""
+  adv_n = np.asarray(adv_n, np.float32)
+  return np.where(adv_n < 0, adv_n * np.float32(weight), adv_n).astype(np.float32)
+
+
 # ---- per-sequence reductions over packed rows ---------------------------------------------------
 
 def sequence_sum(x_bt: jax.Array, seq_bt: jax.Array) -> jax.Array:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from motif_jax.data import verify
+from motif_jax.data import toy_steps, verify
 from motif_jax.data.config import TraceConfig
 from motif_jax.data.records import Record
 from motif_jax.data.template import ChatTemplate
@@ -109,6 +109,17 @@ def code_reward(text: str, record: Record, context: Context = Context(), *, time
                **details)
 
 
+def steps_reward(text: str, record: Record, context: Context = Context()) -> Reward:
+  """Toy arith / lists: the share of the problem's operations that the response's numbered
+  steps carry out correctly, each from the value the response held before it (a process
+  reward; `data/toy_steps.py`). Records that are not toy problems score 0 with a reason."""
+  problem = toy_steps.parse_prompt(record.domain, record.prompt)
+  if problem is None:
+    return _fail("not_a_toy_problem")
+  steps = parse(text, context).steps
+  return Reward(toy_steps.step_accuracy(problem, steps), {"steps": len(steps)})
+
+
 def format_reward(text: str, record: Record, context: Context = Context()) -> Reward:
   del record
   trace = parse(text, context)
@@ -172,6 +183,7 @@ register("code", code_reward, executor="thread", verifier=True,
          settings=lambda cfg: dict(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb,
                                    allow_weak_isolation=cfg.code_allow_weak_isolation))
 register("format", format_reward)
+register("steps", steps_reward)
 register("overlong", overlong_reward, settings=lambda cfg: dict(window=cfg.overlong_window))
 
 Terms = tuple[tuple[str, float], ...]

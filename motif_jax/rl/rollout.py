@@ -76,7 +76,8 @@ def sample_groups(params, pool: PromptPool, prompt_ids: Sequence[int], *, model:
 
 
 def with_advantages(groups: Sequence[Group], rl: RLConfig) -> list[Trajectory]:
-  """The groups' trajectories, group-major, with rl.advantage's group-relative advantages."""
+  """The groups' trajectories, group-major, with rl.advantage's group-relative advantages
+  (negative ones scaled by rl.negative_weight)."""
   trajectories = [t for g in groups for t in g.payload]
   if not trajectories:
     return []
@@ -84,4 +85,5 @@ def with_advantages(groups: Sequence[Group], rl: RLConfig) -> list[Trajectory]:
   adv_n = objectives.ADVANTAGES[rl.advantage](
       np.array([t.reward for t in trajectories]), group_n,
       np.array([t.domain for t in trajectories]), scale=rl.advantage_scale)
+  adv_n = objectives.weight_negatives(adv_n, rl.negative_weight)
   return [dataclasses.replace(t, advantage=float(a)) for t, a in zip(trajectories, adv_n)]
