@@ -210,8 +210,8 @@ def test_bfloat16_compute_tracks_float32():
 
 @pytest.mark.parametrize("contract", [1, 2])
 def test_dense_flat_dot_equals_tensordot_on_one_device_and_on_a_mesh(contract):
-  """`layers.dense` (a 2-D [b*t, in] dot on one device, the unflattened contraction under a
-  mesh) is x's last `contract` dims times w's first ones: values and both gradients."""
+  """`layers.dense` (2-D backward dots on one device, plain autodiff under a mesh) is x's last
+  `contract` dims times w's first ones: values and both gradients."""
   from motif_jax import sharding as shd
   from motif_jax.model import layers
   kx, kw, ky = jax.random.split(jax.random.key(contract), 3)

@@ -66,16 +66,7 @@ def attend_masked(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
 
 def attend_flash(q_btkgh: jax.Array, k_bskh: jax.Array, v_bskv: jax.Array,
                  segment_ids_bt: jax.Array, *, impl: str) -> jax.Array:
-  """`attend` without a [t, s] tensor: pallas_kernels.flash_attention (its lse is unused).
-
-  With impl="xla", a sequence that fits one [xla_block_q, xla_block_k] tile takes the dense
-  `attend`: the same math and the same one tile of memory, without the blockwise loops. Every
-  causal row sees at least itself, so the blockwise path's no-visible-key rule never applies.
-  """
-  sizes = fa.BlockSizes()
-  if impl == "xla" and q_btkgh.shape[1] <= sizes.xla_block_q and (
-      k_bskh.shape[1] <= sizes.xla_block_k):
-    return attend(q_btkgh, k_bskh, v_bskv, segment_ids_bt)
+  """`attend` without a [t, s] tensor: pallas_kernels.flash_attention (its lse is unused)."""
   o_btkgv, _ = fa.flash_attention(q_btkgh, k_bskh, v_bskv, segment_ids_bt, causal=True, impl=impl)
   return o_btkgv
 
