@@ -96,12 +96,12 @@ def test_toy_prompts_parse_back_to_their_problems_and_reference_steps_score_one(
     for ladder in ("small", "standard"):
       for _ in range(100):
         problem = toy_problems.make_problem(rng, domain, rng.randint(1, 6), ladder)
-        assert toy_steps.parse_prompt(domain, problem.prompt) == problem
+        assert toy_problems.parse_prompt(domain, problem.prompt) == problem
         values = toy_problems.run(problem)
         steps = tuple(f"{i + 1}. {toy_problems.step_text(problem, i, values[i], values[i + 1])}"
                       for i in range(problem.difficulty))
         assert toy_steps.step_accuracy(problem, steps) == 1.0
-  assert toy_steps.parse_prompt("lists", "Start with 3. Add 1. What is the result?") is None
+  assert toy_problems.parse_prompt("lists", "Start with 3. Add 1. What is the result?") is None
 
 
 def test_format_reward_cases():

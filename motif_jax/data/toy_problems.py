@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 
 DOMAINS = ("arith", "lists", "code")
 Value = int | tuple[int, ...]
@@ -80,6 +81,14 @@ class Problem:
 
 def format_value(value: Value) -> str:
   return str(value) if isinstance(value, int) else "[" + ", ".join(map(str, value)) + "]"
+
+
+def parse_value(text: str) -> Value:
+  """`format_value`'s inverse: `-3` -> -3, `[1, 2]` -> (1, 2); raises ValueError otherwise."""
+  text = text.strip()
+  if text.startswith("[") and text.endswith("]"):
+    return tuple(int(x) for x in text[1:-1].split(",") if x.strip())
+  return int(text)
 
 
 def apply_op(domain: str, value: Value, op: Op) -> Value:
@@ -225,6 +234,35 @@ def render_prompt(problem: Problem) -> str:
             f"{example}.")
   return (f"Start with the list {format_value(problem.start)}. {chain[0].upper()}{chain[1:]}. "
           "What is the final list?")
+
+
+_PROMPT = {
+    "arith": re.compile(r"^Start with (-?\d+)\. (.+)\. What is the result\?$", re.S),
+    "lists": re.compile(r"^Start with the list (\[[\d, -]*\])\. (.+)\. What is the final list\?$",
+                        re.S),
+}
+_PHRASE_PATTERNS = {
+    domain: [(re.compile("^" + re.escape(text).replace(re.escape("{}"), r"(-?\d+)") + "$", re.I),
+              kind) for kind, text in phrases.items()]
+    for domain, phrases in (("arith", _ARITH_PHRASE), ("lists", _LIST_PHRASE))}
+
+
+def parse_prompt(domain: str, prompt: str) -> Problem | None:
+  """`render_prompt`'s inverse for arith and lists: the problem a prompt states, or None when
+  the text is not such a prompt."""
+  match = domain in _PROMPT and _PROMPT[domain].match(prompt.strip())
+  if not match:
+    return None
+  ops = []
+  for phrase in match.group(2).split(", then "):
+    for pattern, kind in _PHRASE_PATTERNS[domain]:
+      m = pattern.match(phrase.strip())
+      if m:
+        ops.append((kind, int(m.group(1)) if m.groups() else 0))
+        break
+    else:
+      return None
+  return Problem(domain, parse_value(match.group(1)), tuple(ops))
 
 
 def step_text(problem: Problem, i: int, before: Value, after: Value) -> str:

@@ -81,6 +81,8 @@ def _dense_2d_grads(x_bt_in: jax.Array, w_in_out: jax.Array, contract: int) -> j
 
 
 def _dense_fwd(x_bt_in, w_in_out, contract):
+  # The tensordot itself, not a call of `_dense_2d_grads`: remat's `dots` policy must see the
+  # dot_general (tests/test_wiring.py).
   return jnp.tensordot(x_bt_in, w_in_out, axes=contract), (x_bt_in, w_in_out)
 
 

@@ -68,7 +68,7 @@ def weight_negatives(adv_n: np.ndarray, weight: float) -> np.ndarray:
   """Negative advantages times `weight` (1: unchanged; 0: only better-than-group samples are
   reinforced, positive sample reinforcement)."""
   adv_n = np.asarray(adv_n, np.float32)
-  return np.where(adv_n < 0, adv_n * np.float32(weight), adv_n).astype(np.float32)
+  return np.where(adv_n < 0, adv_n * np.float32(weight), adv_n)
 
 
 # ---- per-sequence reductions over packed rows ---------------------------------------------------

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from motif_jax.data import toy_steps, verify
+from motif_jax.data import toy_problems, toy_steps, verify
 from motif_jax.data.config import TraceConfig
 from motif_jax.data.records import Record
 from motif_jax.data.template import ChatTemplate
@@ -112,8 +112,9 @@ def code_reward(text: str, record: Record, context: Context = Context(), *, time
 def steps_reward(text: str, record: Record, context: Context = Context()) -> Reward:
   """Toy arith / lists: the share of the problem's operations that the response's numbered
   steps carry out correctly, each from the value the response held before it (a process
-  reward; `data/toy_steps.py`). Records that are not toy problems score 0 with a reason."""
-  problem = toy_steps.parse_prompt(record.domain, record.prompt)
+  reward: `data/toy_steps.py`; the problem is read back by `toy_problems.parse_prompt`).
+  Records that are not toy problems score 0 with a reason."""
+  problem = toy_problems.parse_prompt(record.domain, record.prompt)
   if problem is None:
     return _fail("not_a_toy_problem")
   steps = parse(text, context).steps
