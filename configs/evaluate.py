@@ -60,6 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ks="1,4,8",  # pass@k reported; each <= num_samples
       prompt_batch=16,  # prompts per sampler call (and per samples.jsonl flush)
       seed=0,
+      # n-gram speculative decoding: tokens drafted per decode step from each row's own text and
+      # verified in the same pass (same distribution; pays off at small batches): 0 = off
+      draft_tokens=0,
   ))
   config.rewards = ml_collections.ConfigDict(dict(
       terms=dict(  # domain -> "reward:weight,...": the first verifier term decides correctness

@@ -98,6 +98,7 @@ class EvalConfig:
   ks: tuple[int, ...]  # pass@k reported, each <= num_samples (or "1,4,8")
   prompt_batch: int  # prompts per sampler call
   seed: int
+  draft_tokens: int = 0  # n-gram speculative decoding in the sampler (0 = off)
 
   def __post_init__(self):
     ks = self.ks.split(",") if isinstance(self.ks, str) else self.ks
@@ -105,6 +106,8 @@ class EvalConfig:
     for name in ("num_samples", "max_new_tokens", "prompt_batch"):
       if getattr(self, name) < 1:
         raise ValueError(f"eval.{name}={getattr(self, name)!r} must be >= 1")
+    if self.draft_tokens < 0:
+      raise ValueError(f"eval.draft_tokens={self.draft_tokens!r} must be >= 0 (0 = off)")
     if not self.ks or not all(1 <= k <= self.num_samples for k in self.ks):
       raise ValueError(f"eval.ks={self.ks} must lie in [1, eval.num_samples={self.num_samples}]")
 
@@ -144,7 +147,8 @@ def sample_and_score(params, records: Sequence[Record], cfg: EvalConfig, *, mode
   stop = [i for i in (tokenizer.token_id(template.eos),) if i is not None]
   out = sampling.sample(params, prompts, model, num_samples=cfg.num_samples,
                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        top_p=cfg.top_p, top_k=cfg.top_k, stop_ids=stop, key=key)
+                        top_p=cfg.top_p, top_k=cfg.top_k, stop_ids=stop, key=key,
+                        draft_tokens=cfg.draft_tokens)
   rows_records = [records[int(p)] for p in out.prompt_index]
   texts = [_completion_text(out.tokens[r], int(out.lengths[r]), bool(out.finished[r]), tokenizer,
                             template) for r in range(len(rows_records))]

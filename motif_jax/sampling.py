@@ -10,7 +10,9 @@ One jitted call per batch of prompts:
      (prompt-major) instead of recomputing the prompt per sample;
   3. one `lax.while_loop` decodes a token per row per step, row r at its own position (its
      prompt length + tokens so far), and exits as soon as every row has emitted a stop id or
-     used its `max_new_tokens` budget.
+     used its `max_new_tokens` budget. With `draft_tokens=k` a step also drafts k tokens per
+     row from the row's own text and verifies them in the same pass (`speculative.py`), so a
+     row advances by 1 + its accepted drafts; the output distribution is unchanged.
 
 Log-probs. `logprobs[r, i]` is log softmax(logits / T)[token] over the full vocabulary in float32:
 what `losses.token_logprobs_and_entropy(..., temperature=T)` recomputes in the trainer for the
@@ -40,6 +42,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from motif_jax import sharding as shd
+from motif_jax import speculative
 from motif_jax.model import ModelConfig
 from motif_jax.model import decode
 
@@ -62,6 +65,7 @@ class Rollouts:
   finished: np.ndarray
   prompt_index: np.ndarray
   decode_steps: int
+  accepted_drafts: int = 0  # drafted tokens kept (speculative decoding), over all rows
 
   @property
   def finish_reasons(self) -> list[str]:
@@ -81,6 +85,8 @@ class Plan:
   top_p: float
   top_k: int
   prefill_chunk: int
+  draft_tokens: int = 0  # n-gram speculative decoding: tokens drafted per step (0 = off)
+  ngram: int = 3  # longest n-gram the drafts are looked up by
 
 
 def truncate_logits(logits_bv: jax.Array, *, top_k: int, top_p: float) -> jax.Array:
@@ -103,25 +109,65 @@ def truncate_logits(logits_bv: jax.Array, *, top_k: int, top_p: float) -> jax.Ar
   return logits_bv
 
 
-def select_tokens(logits_bv: jax.Array, keys_b: jax.Array, plan: Plan
-                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(tokens [b], log-prob under the full tempered distribution, under the truncated one)."""
+def _tempered(logits_bv: jax.Array, plan: Plan) -> tuple[jax.Array, jax.Array]:
+  """(full tempered logits, top-k/top-p truncated ones), float32; greedy: the logits twice."""
   logits_bv = logits_bv.astype(jnp.float32)
   if plan.temperature == 0.0:
-    tokens_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-    tempered_bv = truncated_bv = logits_bv
+    return logits_bv, logits_bv
+  tempered_bv = logits_bv / plan.temperature
+  return tempered_bv, truncate_logits(tempered_bv, top_k=plan.top_k, top_p=plan.top_p)
+
+
+def _is_truncated(plan: Plan, vocab: int) -> bool:
+  return plan.temperature > 0 and (plan.top_p < 1.0 or 0 < plan.top_k < vocab)
+
+
+def _logprob(z_bv: jax.Array, tokens_b: jax.Array) -> jax.Array:
+  z_b1 = jnp.take_along_axis(z_bv, tokens_b[:, None], axis=-1)
+  return (z_b1 - jax.nn.logsumexp(z_bv, axis=-1, keepdims=True))[:, 0]
+
+
+def select_tokens(logits_bv: jax.Array, keys_b: jax.Array, plan: Plan,
+                  exclude_b: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(tokens [b], log-prob under the full tempered distribution, under the truncated one).
+
+  `exclude_b` (token id, or -1 for none) is removed from row b's sampling distribution, not from
+  its log-probs: after a rejected draft (speculative.py) the position is sampled from the
+  residual, which makes the emitted token a sample from the full distribution.
+  """
+  tempered_bv, truncated_bv = _tempered(logits_bv, plan)
+  if plan.temperature == 0.0:
+    tokens_b = jnp.argmax(tempered_bv, axis=-1).astype(jnp.int32)
   else:
-    tempered_bv = logits_bv / plan.temperature
-    truncated_bv = truncate_logits(tempered_bv, top_k=plan.top_k, top_p=plan.top_p)
-    tokens_b = jax.vmap(jax.random.categorical)(keys_b, truncated_bv).astype(jnp.int32)
+    draw_bv = truncated_bv
+    if exclude_b is not None:
+      hit_bv = jnp.arange(draw_bv.shape[-1])[None, :] == exclude_b[:, None]
+      residual_bv = jnp.where(hit_bv, -jnp.inf, draw_bv)
+      # A draft rejected at probability ~1 can leave no residual mass: then keep it.
+      draw_bv = jnp.where(jnp.any(residual_bv > -jnp.inf, axis=-1, keepdims=True), residual_bv,
+                          draw_bv)
+    tokens_b = jax.vmap(jax.random.categorical)(keys_b, draw_bv).astype(jnp.int32)
+  full_b = _logprob(tempered_bv, tokens_b)
+  truncated = _is_truncated(plan, logits_bv.shape[-1])
+  return tokens_b, full_b, _logprob(truncated_bv, tokens_b) if truncated else full_b
 
-  def logprob(z_bv):
-    z_b1 = jnp.take_along_axis(z_bv, tokens_b[:, None], axis=-1)
-    return (z_b1 - jax.nn.logsumexp(z_bv, axis=-1, keepdims=True))[:, 0]
 
-  full_b = logprob(tempered_bv)
-  truncated = plan.temperature > 0 and (plan.top_p < 1.0 or 0 < plan.top_k < logits_bv.shape[-1])
-  return tokens_b, full_b, logprob(truncated_bv) if truncated else full_b
+def verify_drafts(logits_rkv: jax.Array, drafts_rk: jax.Array, keys_r: jax.Array, plan: Plan
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Accept draft j of row r with probability p_j(draft) (temperature 0: when it is the argmax),
+  p_j the sampling distribution after the tokens before it: (accept [r, k], full and truncated
+  log-probs of the drafts [r, k])."""
+  r, k, v = logits_rkv.shape
+  tempered_nv, truncated_nv = _tempered(logits_rkv.reshape(r * k, v), plan)
+  drafts_n = drafts_rk.reshape(r * k)
+  full_n = _logprob(tempered_nv, drafts_n)
+  trunc_n = _logprob(truncated_nv, drafts_n) if _is_truncated(plan, v) else full_n
+  if plan.temperature == 0.0:
+    accept_n = jnp.argmax(tempered_nv, axis=-1) == drafts_n
+  else:
+    uniform_rk = jax.vmap(lambda key: jax.random.uniform(key, (k,)))(keys_r)
+    accept_n = uniform_rk.reshape(r * k) < jnp.exp(trunc_n)
+  return accept_n.reshape(r, k), full_n.reshape(r, k), trunc_n.reshape(r, k)
 
 
 def sampling_config(cfg: ModelConfig) -> ModelConfig:
@@ -135,7 +181,8 @@ def sampling_config(cfg: ModelConfig) -> ModelConfig:
 @functools.partial(jax.jit, static_argnames=("cfg", "plan"))
 def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r, stop_ids,
              key, *, cfg: ModelConfig, plan: Plan):
-  """Prefill, share, decode: (tokens, logprobs, truncated logprobs, lengths, finished, steps)."""
+  """Prefill, share, decode: (tokens, logprobs, truncated logprobs, lengths, finished, steps,
+  accepted drafts)."""
   rules = cfg.sharding
   cache = decode.init_cache(cfg, plan.prompt_rows, plan.cache_len)
   h_last_pd, cache = decode.prefill(params, prompts_pt, lengths_p, cache, cfg,
@@ -148,42 +195,86 @@ def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r
   logits_rv = jnp.take(logits_pv, row_prompt_r, axis=0)
   pos_r = jnp.take(lengths_p, row_prompt_r)
   row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids_r)
+  k = plan.draft_tokens
+  # Draft lookup reads each row's sequence: its prompt, then what it generated (k > 0 only).
+  history_rl = jnp.pad(jnp.take(prompts_pt, row_prompt_r, axis=0),
+                       ((0, 0), (0, plan.cache_len - plan.prompt_len))) if k else None
 
   def step_keys(i):
-    return jax.vmap(jax.random.fold_in, (0, None))(row_keys, i)
+    keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, i)
+    if not k:
+      return keys, None
+    pair = jax.vmap(jax.random.split)(keys)
+    return pair[:, 0], pair[:, 1]
 
-  def is_stop(tokens_r):
-    return jnp.any(tokens_r[:, None] == stop_ids[None, :], axis=-1)
+  def is_stop(tokens):
+    return jnp.any(tokens[..., None] == stop_ids.reshape((1,) * tokens.ndim + (-1,)), axis=-1)
 
   r, n = plan.rows, plan.max_new_tokens
-  out = {name: shd.constrain(jnp.zeros((r, n), dtype), ("batch", None), rules)
+  # k + 1 spare columns: a step writes its whole block at the row's length, the tail is rewritten
+  # by the next step or cleared after the loop.
+  out = {name: shd.constrain(jnp.zeros((r, n + k + 1), dtype), ("batch", None), rules)
          for name, dtype in (("tokens", jnp.int32), ("logprobs", jnp.float32),
                              ("truncated", jnp.float32))}
 
   def cond(carry):
-    i, _, _, _, done_r, _, _, _ = carry
+    i, done_r = carry[0], carry[5]
     return (i < n) & ~jnp.all(done_r)
 
   def body(carry):
-    # Token i of every row from the logits carried in (prefill's, then the previous step's),
-    # then one decode step that feeds it back. The loop's last step is not needed (one of n).
-    i, logits_rv, pos_r, cache, done_r, stopped_r, lengths_r, out = carry
-    tok_r, lp_r, tlp_r = select_tokens(logits_rv, step_keys(i), plan)
+    # Token 0 of the step from the logits carried in (prefill's, then the previous step's), k
+    # drafts after it, one decode pass over the block; a row keeps token 0 and its accepted
+    # drafts, and carries the logits after the last one kept.
+    i, logits_rv, exclude_r, pos_r, cache, done_r, stopped_r, lengths_r, history, out, accepted = (
+        carry)
+    token_key_r, draft_key_r = step_keys(i)
+    tok_r, lp_r, tlp_r = select_tokens(logits_rv, token_key_r, plan,
+                                       exclude_r if k and plan.temperature > 0 else None)
     live_r = ~done_r
-    out = {name: jax.lax.dynamic_update_slice_in_dim(
-        out[name], jnp.where(live_r, value, 0).astype(out[name].dtype)[:, None], i, axis=1)
-           for name, value in (("tokens", tok_r), ("logprobs", lp_r), ("truncated", tlp_r))}
-    lengths_r = lengths_r + live_r.astype(jnp.int32)
-    stopped_r = stopped_r | (live_r & is_stop(tok_r))
-    done_r = done_r | stopped_r
-    logits_rv, cache = decode.decode_step(params, tok_r, pos_r, cache, cfg)
-    return i + 1, logits_rv, pos_r + 1, cache, done_r, stopped_r, lengths_r, out
+    if k:
+      history = speculative.write_rows(history, tok_r[:, None], pos_r)
+      drafts_rk = speculative.ngram_drafts(history, pos_r, k, plan.ngram)
+      block_rt = jnp.concatenate([tok_r[:, None], drafts_rk], axis=1)
+    else:
+      block_rt = tok_r[:, None]
+    logits_rtv, cache = decode.decode_block(params, block_rt, pos_r, cache, cfg)
+    lp_rt, tlp_rt = lp_r[:, None], tlp_r[:, None]
+    if k:
+      accept_rk, dlp_rk, dtlp_rk = verify_drafts(logits_rtv[:, :k], drafts_rk, draft_key_r, plan)
+      drafted_r = speculative.accepted_prefix(accept_rk)
+      lp_rt = jnp.concatenate([lp_rt, dlp_rk], axis=1)
+      tlp_rt = jnp.concatenate([tlp_rt, dtlp_rk], axis=1)
+      history = speculative.write_rows(history, block_rt, pos_r)
+    else:
+      drafted_r = jnp.zeros_like(pos_r)
+    # Kept: token 0 and the accepted drafts, cut at the budget and after the first stop id.
+    kept_r = jnp.minimum(1 + drafted_r, n - lengths_r)
+    stop_rt = is_stop(block_rt) & (jnp.arange(k + 1)[None, :] < kept_r[:, None])
+    hit_r = jnp.any(stop_rt, axis=1)
+    kept_r = jnp.where(live_r, jnp.where(hit_r, jnp.argmax(stop_rt, axis=1) + 1, kept_r), 0)
+    out = {name: speculative.write_rows(out[name], value, lengths_r)
+           for name, value in (("tokens", block_rt), ("logprobs", lp_rt), ("truncated", tlp_rt))}
+    lengths_r = lengths_r + kept_r
+    stopped_r = stopped_r | (live_r & hit_r)
+    done_r = done_r | stopped_r | (lengths_r >= n)
+    last_r = jnp.maximum(kept_r - 1, 0)
+    logits_rv = jnp.take_along_axis(logits_rtv, last_r[:, None, None], axis=1)[:, 0]
+    if k:  # the draft rejected after the last kept token leaves the next sample's distribution
+      exclude_r = jnp.where(last_r < k, jnp.take_along_axis(
+          drafts_rk, jnp.minimum(last_r, k - 1)[:, None], axis=1)[:, 0], -1)
+      accepted = accepted + jnp.sum(kept_r - jnp.minimum(kept_r, 1))
+    return (i + 1, logits_rv, exclude_r, pos_r + kept_r, cache, done_r, stopped_r, lengths_r,
+            history, out, accepted)
 
   zeros_r = jnp.zeros((r,), jnp.int32)
-  init = (jnp.zeros((), jnp.int32), logits_rv, pos_r, cache, ~row_valid_r, zeros_r > 0, zeros_r,
-          out)
-  steps, _, _, _, _, stopped_r, lengths_r, out = jax.lax.while_loop(cond, body, init)
-  return out["tokens"], out["logprobs"], out["truncated"], lengths_r, stopped_r, steps
+  init = (jnp.zeros((), jnp.int32), logits_rv, zeros_r - 1, pos_r, cache, ~row_valid_r,
+          zeros_r > 0, zeros_r, history_rl, out, jnp.zeros((), jnp.int32))
+  steps, _, _, _, _, _, stopped_r, lengths_r, _, out, accepted = jax.lax.while_loop(
+      cond, body, init)
+  kept_rn = jnp.arange(n)[None, :] < lengths_r[:, None]
+  out = {name: jnp.where(kept_rn, value[:, :n], 0) for name, value in out.items()}
+  return (out["tokens"], out["logprobs"], out["truncated"], lengths_r, stopped_r, steps,
+          accepted)
 
 
 def prefill_length(n: int, chunk: int) -> int:
@@ -205,7 +296,8 @@ def _batch_shards(cfg: ModelConfig) -> tuple[int, object]:
   return int(np.prod([sizes.get(a, 1) for a in cfg.sharding.mesh_axes("batch")])), mesh
 
 
-def _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k, prefill_chunk):
+def _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k, prefill_chunk,
+           draft_tokens, ngram):
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("sample needs at least one prompt and no empty prompt")
   for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens),
@@ -218,6 +310,11 @@ def _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k,
     raise ValueError(f"sample: top_p={top_p!r} must be in (0, 1]")
   if not isinstance(top_k, int) or top_k < 0:
     raise ValueError(f"sample: top_k={top_k!r} must be a non-negative integer (0 = off)")
+  if not isinstance(draft_tokens, int) or draft_tokens < 0:
+    raise ValueError(f"sample: draft_tokens={draft_tokens!r} must be a non-negative integer "
+                     "(0 = no speculative decoding)")
+  if not isinstance(ngram, int) or ngram < 1:
+    raise ValueError(f"sample: ngram={ngram!r} must be a positive integer")
   bad = [t for p in prompts for t in p if not 0 <= t < cfg.vocab_size]
   if bad:
     raise ValueError(f"sample: prompt token {bad[0]} outside the vocabulary [0, {cfg.vocab_size})")
@@ -225,15 +322,17 @@ def _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k,
 
 def make_plan(n_prompts: int, num_samples: int, max_prompt_len: int, *, max_new_tokens: int,
               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-              prefill_chunk: int = 512, shards: int = 1) -> Plan:
+              prefill_chunk: int = 512, shards: int = 1, draft_tokens: int = 0,
+              ngram: int = 3) -> Plan:
   """The static shapes `sample` compiles for `n_prompts` prompts of up to `max_prompt_len`
   tokens: rows padded to the batch `shards`, the prefill bucket, KV slots per row."""
   prompt_len = prefill_length(max_prompt_len, prefill_chunk)
   return Plan(prompt_rows=_round_up(n_prompts, shards),
               rows=_round_up(n_prompts * num_samples, shards), prompt_len=prompt_len,
-              cache_len=prompt_len + max_new_tokens, max_new_tokens=max_new_tokens,
-              temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
-              prefill_chunk=prefill_chunk)
+              cache_len=prompt_len + max_new_tokens + draft_tokens,
+              max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
+              top_k=int(top_k), prefill_chunk=prefill_chunk, draft_tokens=draft_tokens,
+              ngram=ngram)
 
 
 def lower(params, cfg: ModelConfig, plan: Plan, mesh) -> jax.stages.Lowered:
@@ -251,7 +350,8 @@ def lower(params, cfg: ModelConfig, plan: Plan, mesh) -> jax.stages.Lowered:
 
 def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_samples: int = 1,
            max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-           stop_ids: Sequence[int] = (), key: jax.Array, prefill_chunk: int = 512) -> Rollouts:
+           stop_ids: Sequence[int] = (), key: jax.Array, prefill_chunk: int = 512,
+           draft_tokens: int = 0, ngram: int = 3) -> Rollouts:
   """`num_samples` completions of each prompt (token-id lists), prompt-major; see module doc.
 
   Args:
@@ -259,15 +359,21 @@ def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_sa
     top_k: keep the k most likely tokens (0 = off); top_p: then the nucleus of mass top_p.
     stop_ids: a row ends after emitting any of these (included in its tokens and length).
     prefill_chunk: prompt positions per prefill pass (bounds prefill memory on long prompts).
+    draft_tokens: n-gram speculative decoding (`motif_jax/speculative.py`): up to this many
+      tokens per step drafted from the row's own history and verified in the same pass; the
+      output distribution is unchanged (greedy: the same tokens). 0 = one token per step.
+    ngram: the longest n-gram the drafts are looked up by.
   """
-  _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k, prefill_chunk)
+  _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k, prefill_chunk,
+         draft_tokens, ngram)
   cfg = sampling_config(cfg)
   shards, mesh = _batch_shards(cfg)
   n_prompts, n_rows = len(prompts), len(prompts) * num_samples
   lengths = np.array([len(p) for p in prompts], np.int32)
   plan = make_plan(n_prompts, num_samples, int(lengths.max()), max_new_tokens=max_new_tokens,
                    temperature=temperature, top_p=top_p, top_k=top_k,
-                   prefill_chunk=prefill_chunk, shards=shards)
+                   prefill_chunk=prefill_chunk, shards=shards, draft_tokens=draft_tokens,
+                   ngram=ngram)
   prompt_len = plan.prompt_len
   prompts_pt = np.zeros((plan.prompt_rows, prompt_len), np.int32)
   for i, p in enumerate(prompts):
@@ -287,7 +393,8 @@ def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_sa
   out = _rollout(params, *args, key, cfg=cfg, plan=plan)
   if jax.process_count() > 1:
     out = multihost_utils.process_allgather(out, tiled=True)
-  tokens, logprobs, truncated, lengths_r, stopped, steps = (np.asarray(x) for x in out)
+  tokens, logprobs, truncated, lengths_r, stopped, steps, accepted = (np.asarray(x) for x in out)
   return Rollouts(tokens=tokens[:n_rows], lengths=lengths_r[:n_rows], logprobs=logprobs[:n_rows],
                   truncated_logprobs=truncated[:n_rows], finished=stopped[:n_rows],
-                  prompt_index=row_prompt[:n_rows].copy(), decode_steps=int(steps))
+                  prompt_index=row_prompt[:n_rows].copy(), decode_steps=int(steps),
+                  accepted_drafts=int(accepted))

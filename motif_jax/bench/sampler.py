@@ -3,7 +3,8 @@
 (a) The tiny Llama that `../shared/peers/` runs beside Tunix's sampler: vocab 512, d 256, 4
     layers, 4 query / 2 KV heads of 64, SwiGLU 1024, float32, untied; 8 prompts of 32 tokens,
     128 new tokens, greedy, no stop ids, one CPU device. Cold = the first call (trace, compile,
-    run); warm = median of the later calls. Beside it, in the same rounds, a floor: a jitted
+    run); warm = median of the later calls. `--drafts` adds n-gram speculative decoding
+    (`draft_tokens` = k) side by side, alternated. Beside it, in the same rounds, a floor: a jitted
     while_loop that only multiplies a batch of 8 through the same weights 128 times (no
     attention, no cache), i.e. what reading the weights once per token costs on this machine.
 (b) RL-shaped, the tiny Motif model (configs/tiny.py): 16 prompts of 64-128 tokens x 8 samples,
@@ -77,37 +78,47 @@ def weights_floor(params: dict, cfg: ModelConfig, batch: int, steps: int) -> Cal
   return lambda: loop(layers, params["embed"], params["unembed"])
 
 
-def bench_llama(rounds: int, warm_calls: int) -> dict:
-  """Shape (a): cold and warm generated tokens/s, and the weights-only floor, alternated."""
+def bench_llama(rounds: int, warm_calls: int, drafts: tuple[int, ...] = (0,)) -> dict:
+  """Shape (a): cold and warm generated tokens/s for each `draft_tokens` in `drafts` (0 = one
+  token per step; k > 0 = n-gram speculative decoding), and the weights-only floor, alternated
+  round by round. The top level holds the first entry of `drafts`; `by_drafts` all of them."""
   cfg = ModelConfig.from_config_dict(common.model(**LLAMA))
   params = init_params(jax.random.key(0), cfg)
   rng = np.random.default_rng(1)
   prompts = rng.integers(2, cfg.vocab_size, (SHAPE_A["batch"], SHAPE_A["prompt_len"])).tolist()
 
-  def run():
-    return sampling.sample(params, prompts, cfg, max_new_tokens=SHAPE_A["max_new_tokens"],
-                           temperature=0.0, key=jax.random.key(0))
+  def runner(k):
+    return lambda: sampling.sample(params, prompts, cfg, max_new_tokens=SHAPE_A["max_new_tokens"],
+                                   temperature=0.0, key=jax.random.key(0), draft_tokens=k)
 
-  rollouts, cold_wall, cold_cpu = _timed(run)
-  generated = int(rollouts.lengths.sum())
+  sides = {}
+  for k in drafts:
+    rollouts, cold_wall, cold_cpu = _timed(runner(k))
+    sides[k] = {"draft_tokens": k, "generated_tokens": int(rollouts.lengths.sum()),
+                "decode_steps": rollouts.decode_steps, "accepted_drafts": rollouts.accepted_drafts,
+                "cold_s": cold_wall, "cold_cpu_s": cold_cpu,
+                "cold_tokens_per_s": int(rollouts.lengths.sum()) / cold_wall,
+                "walls": [], "cpus": []}
   floor = weights_floor(params, cfg, SHAPE_A["batch"], SHAPE_A["max_new_tokens"])
   floor()
-  walls, cpus, floor_walls = [], [], []
+  floor_walls = []
   for _ in range(rounds):
-    for _ in range(warm_calls):
-      _, wall, cpu = _timed(run)
-      walls.append(wall)
-      cpus.append(cpu)
+    for k in drafts:
+      for _ in range(warm_calls):
+        _, wall, cpu = _timed(runner(k))
+        sides[k]["walls"].append(wall)
+        sides[k]["cpus"].append(cpu)
     floor_walls.append(_timed(floor)[1])
-  warm = statistics.median(walls)
-  return {"model": LLAMA, **SHAPE_A, "generated_tokens": generated,
-          "decode_steps": rollouts.decode_steps,
-          "cold_s": cold_wall, "cold_cpu_s": cold_cpu,
-          "cold_tokens_per_s": generated / cold_wall,
-          "warm_s": _stats(walls), "warm_cpu_s": _stats(cpus),
-          "warm_tokens_per_s": generated / warm,
-          "weights_floor_s": _stats(floor_walls),
-          "weights_floor_tokens_per_s": generated / statistics.median(floor_walls)}
+  for side in sides.values():
+    walls, cpus = side.pop("walls"), side.pop("cpus")
+    side.update(warm_s=_stats(walls), warm_cpu_s=_stats(cpus),
+                warm_tokens_per_s=side["generated_tokens"] / statistics.median(walls))
+  floor_s = _stats(floor_walls)
+  return {"model": LLAMA, **SHAPE_A, **sides[drafts[0]],
+          "by_drafts": {str(k): side for k, side in sides.items()},
+          "weights_floor_s": floor_s,
+          "weights_floor_tokens_per_s": (sides[drafts[0]]["generated_tokens"] /
+                                         floor_s["median"])}
 
 
 def bench_rl_shape(rounds: int) -> dict:
@@ -157,6 +168,10 @@ def table(result: dict) -> str:
         f"{a['warm_tokens_per_s']:.0f} generated tok/s",
         f"    weights-only floor {a['weights_floor_s']['median']:.3f} s: "
         f"{a['weights_floor_tokens_per_s']:.0f} tok/s"]
+    for k, side in a.get("by_drafts", {}).items():
+      lines.append(f"    draft_tokens={k}: warm median {side['warm_s']['median']:.3f} s, "
+                   f"{side['warm_tokens_per_s']:.0f} tok/s, {side['decode_steps']} decode steps, "
+                   f"{side['accepted_drafts']} drafts accepted")
   if "rl" in result:
     b = result["rl"]
     lines.append(f"(b) tiny Motif, {b['prompts']} prompts x {b['samples']} samples, "

@@ -213,35 +213,37 @@ def _with_segments(attend_fn, q_btkgh, k_bskh, v_bskv, *, segment_ids_bt):
   return attend_fn(q_btkgh, k_bskh, v_bskv, segment_ids_bt)
 
 
-def attention_step(x_b1d: jax.Array, p: dict, layer: int | jax.Array, cos_b1h: jax.Array,
-                   sin_b1h: jax.Array, k_cache_bksh: jax.Array, v_cache_bksh: jax.Array,
+def attention_step(x_btd: jax.Array, p: dict, layer: int | jax.Array, cos_bth: jax.Array,
+                   sin_bth: jax.Array, k_cache_bksh: jax.Array, v_cache_bksh: jax.Array,
                    pos_b: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Decode one token per row, row b at its own position pos_b[b] (ragged batches).
+  """Decode t tokens per row (t = 1, or a draft block to verify), row b's at its own positions
+  pos_b[b] .. pos_b[b] + t - 1 (ragged batches).
 
-  Writes the token's K/V into cache slot pos_b[b] of its row, then attends to slots <= pos_b[b].
-  The cache is KV-head-major, [b, k, s, h]: the gqa and gda decode cores below read it in place
-  (batch and head axes leading, as the attention dots want them), where the training cores'
-  reshapes and V1 ‖ V2 concatenation would copy the whole cache every step. diff uses the
-  training core on a transposed view (correct, with those copies).
+  Writes their K/V into those cache slots of the row, then query j attends to slots <=
+  pos_b[b] + j. The cache is KV-head-major, [b, k, s, h]: the gqa and gda decode cores below
+  read it in place (batch and head axes leading, as the attention dots want them), where the
+  training cores' reshapes and V1 ‖ V2 concatenation would copy the whole cache every step. diff
+  uses the training core on a transposed view (correct, with those copies).
   """
-  q_b1nh, k_b1kh, v_b1kh = project_qkv(x_b1d, p, cos_b1h, sin_b1h, cfg)
+  q_btnh, k_btkh, v_btkh = project_qkv(x_btd, p, cos_bth, sin_bth, cfg)
   # A per-row dynamic_update_slice (vmapped: a scatter on the batch axis, in place in the loop).
-  write = jax.vmap(lambda cache_ksh, new_1kh, pos: jax.lax.dynamic_update_slice_in_dim(
-      cache_ksh, jnp.swapaxes(new_1kh, 0, 1).astype(cache_ksh.dtype), pos, axis=1))
-  k_cache_bksh = write(k_cache_bksh, k_b1kh, pos_b)
-  v_cache_bksh = write(v_cache_bksh, v_b1kh, pos_b)
-  valid_bs = jnp.arange(k_cache_bksh.shape[2])[None, :] <= pos_b[:, None]
+  write = jax.vmap(lambda cache_ksh, new_tkh, pos: jax.lax.dynamic_update_slice_in_dim(
+      cache_ksh, jnp.swapaxes(new_tkh, 0, 1).astype(cache_ksh.dtype), pos, axis=1))
+  k_cache_bksh = write(k_cache_bksh, k_btkh, pos_b)
+  v_cache_bksh = write(v_cache_bksh, v_btkh, pos_b)
+  t = x_btd.shape[1]
+  query_pos_bt = pos_b[:, None] + jnp.arange(t)[None, :]
+  valid_bts = jnp.arange(k_cache_bksh.shape[2])[None, None, :] <= query_pos_bt[:, :, None]
   if cfg.attention == "gqa":
-    o_b1nv = _decode_gqa(q_b1nh[:, 0], k_cache_bksh, v_cache_bksh, valid_bs)
+    o_btnv = _decode_gqa(q_btnh, k_cache_bksh, v_cache_bksh, valid_bts)
   elif cfg.attention == "gda":
-    signal_b1grv, noise_b1g1v = _decode_gda(q_b1nh[:, 0], k_cache_bksh, v_cache_bksh, valid_bs,
-                                            cfg)
-    o_b1nv = _gda_mix(signal_b1grv, noise_b1g1v, p, layer, cfg)
+    signal_btgrv, noise_btg1v = _decode_gda(q_btnh, k_cache_bksh, v_cache_bksh, valid_bts, cfg)
+    o_btnv = _gda_mix(signal_btgrv, noise_btg1v, p, layer, cfg)
   else:
-    attend_fn = functools.partial(_masked, mask_bts=valid_bs[:, None])
-    o_b1nv = _CORES[cfg.attention](q_b1nh, jnp.swapaxes(k_cache_bksh, 1, 2),
+    attend_fn = functools.partial(_masked, mask_bts=valid_bts)
+    o_btnv = _CORES[cfg.attention](q_btnh, jnp.swapaxes(k_cache_bksh, 1, 2),
                                    jnp.swapaxes(v_cache_bksh, 1, 2), attend_fn, p, layer, cfg)
-  return _output(o_b1nv, p, cfg), k_cache_bksh, v_cache_bksh
+  return _output(o_btnv, p, cfg), k_cache_bksh, v_cache_bksh
 
 
 def _masked_softmax(logits, valid):
@@ -249,43 +251,52 @@ def _masked_softmax(logits, valid):
   return jax.nn.softmax(jnp.where(valid, logits, jnp.finfo(jnp.float32).min), axis=-1)
 
 
-def _decode_gqa(q_bnh, k_bksh, v_bksh, valid_bs):
-  """`attend_masked` for one query per row on the [b, k, s, h] cache: o_b1nh."""
-  b, n, h = q_bnh.shape
-  q_bkgh = q_bnh.reshape(b, k_bksh.shape[1], -1, h)
-  logits_bkgs = jnp.einsum("bkgh,bksh->bkgs", q_bkgh, k_bksh,
+def _decode_gqa(q_btnh, k_bksh, v_bksh, valid_bts):
+  """`attend_masked` for t queries per row on the [b, k, s, h] cache: o_btnh. The t queries of
+  a KV head ride with its g group heads (x = t·g rows), so t = 1 is one [g, h] x [h, s] dot."""
+  b, t, n, h = q_btnh.shape
+  k = k_bksh.shape[1]
+  q_bkxh = q_btnh.reshape(b, t, k, n // k, h).transpose(0, 2, 1, 3, 4).reshape(b, k, -1, h)
+  valid_b1xs = jnp.repeat(valid_bts, n // k, axis=1)[:, None]
+  logits_bkxs = jnp.einsum("bkxh,bksh->bkxs", q_bkxh, k_bksh,
                            preferred_element_type=jnp.float32) * h ** -0.5
-  probs_bkgs = _masked_softmax(logits_bkgs, valid_bs[:, None, None])
-  o_bkgh = jnp.einsum("bkgs,bksh->bkgh", probs_bkgs.astype(v_bksh.dtype), v_bksh,
+  probs_bkxs = _masked_softmax(logits_bkxs, valid_b1xs)
+  o_bkxh = jnp.einsum("bkxs,bksh->bkxh", probs_bkxs.astype(v_bksh.dtype), v_bksh,
                       preferred_element_type=jnp.float32)
-  return o_bkgh.astype(q_bnh.dtype).reshape(b, 1, n, h)
+  o_bktgh = o_bkxh.astype(q_btnh.dtype).reshape(b, k, t, n // k, h)
+  return o_bktgh.transpose(0, 2, 1, 3, 4).reshape(b, t, n, h)
 
 
-def _decode_gda(q_bnh, k_bksh, v_bksh, valid_bs, cfg):
-  """GDA's two attends (signal heads on K1, the noise head on K2, both over V1 ‖ V2) for one
-  query per row, on the cache viewed as [b, g, 2, s, h] (a free reshape of the interleaved
-  heads): (signal_b1grv, noise_b1g1v)."""
-  b, _, h = q_bnh.shape
+def _decode_gda(q_btnh, k_bksh, v_bksh, valid_bts, cfg):
+  """GDA's two attends (signal heads on K1, the noise head on K2, both over V1 ‖ V2) for t
+  queries per row, on the cache viewed as [b, g, 2, s, h] (a free reshape of the interleaved
+  heads): (signal_btgrv, noise_btg1v)."""
+  b, t, _, h = q_btnh.shape
   g, r, s = cfg.num_groups, cfg.gda_ratio, k_bksh.shape[2]
-  q_bgrh = q_bnh.reshape(b, g, r + 1, h)
+  q_bgtrh = q_btnh.reshape(b, t, g, r + 1, h).transpose(0, 2, 1, 3, 4)
   # Pair c = 0 (K1) takes the r signal heads, c = 1 (K2) the noise head, repeated r times so one
-  # batched dot serves both; the copies cost r-1 extra query rows, not a cache copy.
-  q_bgcrh = jnp.stack([q_bgrh[:, :, :r], jnp.broadcast_to(q_bgrh[:, :, r:], (b, g, r, h))], 2)
+  # batched dot serves both; the copies cost r-1 extra query rows, not a cache copy. The t
+  # queries ride with the heads (x = t·r rows).
+  noise_bgtrh = jnp.broadcast_to(q_bgtrh[:, :, :, r:], (b, g, t, r, h))
+  q_bgcxh = jnp.stack([q_bgtrh[:, :, :, :r], noise_bgtrh], 2).reshape(b, g, 2, t * r, h)
   # q·k as a fused multiply-reduce over h rather than a batched dot: with one query row per KV
   # head the dot is a stack of [r, h] x [h, s] products that XLA CPU ran 1.6x slower per decode
   # step (tiny Motif, 128 rows x 384 slots: 0.21 -> 0.13 s, motif_jax/bench/sampler.py shape b).
   f32 = jnp.float32
   k_bgcsh = k_bksh.reshape(b, g, 2, s, h)
-  logits_bgcrs = jnp.sum(q_bgcrh[:, :, :, :, None, :].astype(f32) * k_bgcsh[:, :, :, None].astype(
+  logits_bgcxs = jnp.sum(q_bgcxh[:, :, :, :, None, :].astype(f32) * k_bgcsh[:, :, :, None].astype(
       f32), axis=-1) * h ** -0.5
-  probs_bgxs = _masked_softmax(logits_bgcrs, valid_bs[:, None, None, None]).reshape(
-      b, g, 1, 2 * r, s)
+  valid_b11xs = jnp.repeat(valid_bts, r, axis=1)[:, None, None]
+  probs_bgyx = _masked_softmax(logits_bgcxs, valid_b11xs).reshape(b, g, 1, 2 * t * r, s)
   # Each value slab d (V1, V2) gets every probability row: batch axes (b, g, d) lead in both.
-  probs_bgdxs = jnp.broadcast_to(probs_bgxs, (b, g, 2, 2 * r, s)).astype(v_bksh.dtype)
-  o_bgdxh = jnp.einsum("bgdxs,bgdsh->bgdxh", probs_bgdxs, v_bksh.reshape(b, g, 2, s, h),
-                       preferred_element_type=jnp.float32).astype(q_bnh.dtype)
-  o_bgxv = jnp.concatenate([o_bgdxh[:, :, 0], o_bgdxh[:, :, 1]], axis=-1)  # V1 ‖ V2
-  return o_bgxv[:, None, :, :r], o_bgxv[:, None, :, r:r + 1]
+  probs_bgdys = jnp.broadcast_to(probs_bgyx, (b, g, 2, 2 * t * r, s)).astype(v_bksh.dtype)
+  o_bgdyh = jnp.einsum("bgdys,bgdsh->bgdyh", probs_bgdys, v_bksh.reshape(b, g, 2, s, h),
+                       preferred_element_type=jnp.float32).astype(q_btnh.dtype)
+  o_bgyv = jnp.concatenate([o_bgdyh[:, :, 0], o_bgdyh[:, :, 1]], axis=-1)  # V1 ‖ V2
+  o_bgctrv = o_bgyv.reshape(b, g, 2, t, r, -1)
+  signal_btgrv = o_bgctrv[:, :, 0].transpose(0, 2, 1, 3, 4)
+  noise_btg1v = o_bgctrv[:, :, 1, :, :1].transpose(0, 2, 1, 3, 4)
+  return signal_btgrv, noise_btg1v
 
 
 def _masked(q_btkgh, k_bskh, v_bskv, *, mask_bts):

@@ -1,4 +1,5 @@
-"""KV-cache inference: chunked prefill of whole prompts, then one token per row per step.
+"""KV-cache inference: chunked prefill of whole prompts, then one token (or a block) per row per
+step.
 
 The cache holds each layer's rotated K and V as its own array, `{"k": [L × [b, k, S, h]], "v":
 …}` (KV-head-major: the layout the decode attention reads in place, with no transposed copy per
@@ -9,9 +10,10 @@ outputs are the cache. Decode layers run as an unrolled Python loop; prefill, on
 scans the stacked layers (one compiled layer).
 
 `prefill` writes the K/V of positions 0..t-1 of every row, `chunk` tokens per forward pass;
-`decode_step` runs row b at its own position pos_b[b] (ragged prompts). Both reuse the training
-path's projections and its gqa / diff / gda cores (`attention.attention_prefill` and
-`attention_step`), so they compute what `forward` computes on the same prefix (tested).
+`decode_step` runs row b at its own position pos_b[b] (ragged prompts); `decode_block` feeds t
+tokens per row from there. All reuse the training path's projections and its gqa / diff / gda
+cores (`attention.attention_prefill` and `attention_step`), so they compute what `forward`
+computes on the same prefix (tested).
 """
 
 from __future__ import annotations
@@ -53,15 +55,17 @@ def decode_params(params: dict, cfg: ModelConfig) -> dict:
 
 
 def head_logits(params: dict, h_bd: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """float32 next-token logits [b, v] from final-normed hidden states [b, d]."""
+  """float32 next-token logits [b, v] (or [b, t, v]) from final-normed hidden states [b, d] (or
+  [b, t, d])."""
   h_bd = h_bd.astype(cfg.dtype)
   if cfg.tie_embeddings:  # contract the [v, d] table directly instead of transposing it
-    out_bv = jnp.einsum("bd,vd->bv", h_bd, params["embed"].astype(cfg.dtype),
+    out_bv = jnp.einsum("...d,vd->...v", h_bd, params["embed"].astype(cfg.dtype),
                         preferred_element_type=jnp.float32)
   else:
-    out_bv = jnp.einsum("bd,dv->bv", h_bd, params["unembed"].astype(cfg.dtype),
+    out_bv = jnp.einsum("...d,dv->...v", h_bd, params["unembed"].astype(cfg.dtype),
                         preferred_element_type=jnp.float32)
-  return shd.constrain(out_bv, ("batch", "vocab"), cfg.sharding)
+  axes = ("batch",) + (None,) * (out_bv.ndim - 2) + ("vocab",)
+  return shd.constrain(out_bv, axes, cfg.sharding)
 
 
 def _decode_layers(x_btd, params, cache, attention_fn, cfg):
@@ -117,18 +121,28 @@ def prefill(params: dict, tokens_bt: jax.Array, lengths_b: jax.Array, cache: Cac
   return h_last_bd, {"k": list(k_lbskh), "v": list(v_lbskh)}
 
 
+def decode_block(params: dict, tokens_bt: jax.Array, pos_b: jax.Array | int, cache: Cache,
+                 cfg: ModelConfig) -> tuple[jax.Array, Cache]:
+  """Feed t tokens per row, row b's at positions pos_b[b] .. pos_b[b] + t - 1 (per row, or one
+  int for all): (float32 logits [b, t, v], updated cache). t > 1 verifies a block of drafted
+  tokens in one pass (the sampler's speculative decoding)."""
+  params = decode_params(params, cfg)
+  b, t = tokens_bt.shape
+  pos_b = jnp.broadcast_to(jnp.asarray(pos_b, jnp.int32), (b,))
+  cos_bth, sin_bth = layers.rope_tables(pos_b[:, None] + jnp.arange(t)[None], cfg.head_dim,
+                                        cfg.rope_theta)
+  x_btd = embed(params, tokens_bt, cfg)
+
+  def attention_fn(h, p, i, k, v):
+    return attn.attention_step(h, p, i, cos_bth, sin_bth, k, v, pos_b, cfg)
+
+  x_btd, cache = _decode_layers(x_btd, params, cache, attention_fn, cfg)
+  return head_logits(params, x_btd, cfg), cache
+
+
 def decode_step(params: dict, tokens_b: jax.Array, pos_b: jax.Array | int, cache: Cache,
                 cfg: ModelConfig) -> tuple[jax.Array, Cache]:
   """Feed tokens_b at positions pos_b (per row, or one int for all): (float32 logits [b, v],
   updated cache)."""
-  params = decode_params(params, cfg)
-  b = tokens_b.shape[0]
-  pos_b = jnp.broadcast_to(jnp.asarray(pos_b, jnp.int32), (b,))
-  cos_b1h, sin_b1h = layers.rope_tables(pos_b[:, None], cfg.head_dim, cfg.rope_theta)
-  x_b1d = embed(params, tokens_b[:, None], cfg)
-
-  def attention_fn(h, p, i, k, v):
-    return attn.attention_step(h, p, i, cos_b1h, sin_b1h, k, v, pos_b, cfg)
-
-  x_b1d, cache = _decode_layers(x_b1d, params, cache, attention_fn, cfg)
-  return head_logits(params, x_b1d[:, 0], cfg), cache
+  logits_b1v, cache = decode_block(params, tokens_b[:, None], pos_b, cache, cfg)
+  return logits_b1v[:, 0], cache
