@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ks="1,4",  # pass@k reported; ranking: pass@1, then the largest k, then mean reward
       prompt_batch=32,  # prompts per sampler call
       seed=args.seed,
+      draft_tokens=0,  # n-gram speculative decoding (configs/evaluate.py); 0 = off
   ))
   config.rewards = ml_collections.ConfigDict(dict(
       terms=dict(arith="exact,format:0.1", lists="exact,format:0.1", code="code,format:0.1",
