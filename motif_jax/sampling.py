@@ -190,8 +190,8 @@ def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r
   params = decode.decode_params(params, cfg)  # per-layer weights, sliced once before the loop
   logits_pv = decode.head_logits(params, h_last_pd, cfg)
   # Samples share their prompt's prefill: gather cache rows (prompt-major) instead of recomputing.
-  cache = jax.tree.map(lambda c: shd.constrain(jnp.take(c, row_prompt_r, axis=0),
-                                               decode.CACHE_AXES, rules), cache)
+  cache = {name: [shd.constrain(jnp.take(c, row_prompt_r, axis=0), decode.cache_axes(name, cfg),
+                                rules) for c in layers] for name, layers in cache.items()}
   logits_rv = jnp.take(logits_pv, row_prompt_r, axis=0)
   pos_r = jnp.take(lengths_p, row_prompt_r)
   row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids_r)

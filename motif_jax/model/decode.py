@@ -1,9 +1,9 @@
 """KV-cache inference: chunked prefill of whole prompts, then one token (or a block) per row per
 step.
 
-The cache holds each layer's rotated K and V as its own array, `{"k": [L × [b, k, S, h]], "v":
-…}` (KV-head-major: the layout the decode attention reads in place, with no transposed copy per
-step), and the layer weights are sliced out of the stacked training tree once (`decode_params`),
+The cache holds each layer's rotated K and V as its own array, `{"k": [L × [b, k, h, S]], "v":
+[L × [b, k, S, h]]}` (KV-head-major: the layouts the decode attention reads in place, with no
+transposed copy per step; K is [b, k, S, h] for gda, `attention.k_slots_last`), and the layer weights are sliced out of the stacked training tree once (`decode_params`),
 before any loop: slicing the stacked `[L, …]` weights inside a decode loop made XLA copy them on
 every step (CPU, measured in `motif_jax/bench/sampler.py`), and so did a scan whose per-layer
 outputs are the cache. Decode layers run as an unrolled Python loop; prefill, once per call,
@@ -28,15 +28,23 @@ from motif_jax.model.config import ModelConfig
 from motif_jax.model.transformer import embed
 
 Cache = dict[str, list[jax.Array]]
-CACHE_AXES = ("batch", "kv_heads", None, "head_dim")
+CACHE_AXES = ("batch", "kv_heads", None, "head_dim")  # V (and gda's K): [b, k, S, h]
+K_CACHE_AXES = ("batch", "kv_heads", "head_dim", None)  # K with its slots last: [b, k, h, S]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
   """Zeros for `max_len` slots per row; rows over the batch axes, KV heads over tensor."""
-  shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-  zeros = [shd.constrain(jnp.zeros(shape, cfg.dtype), CACHE_AXES, cfg.sharding)
-           for _ in range(cfg.num_layers)]
-  return {"k": zeros, "v": list(zeros)}
+  def zeros(shape, axes):
+    return [shd.constrain(jnp.zeros(shape, cfg.dtype), axes, cfg.sharding)
+            for _ in range(cfg.num_layers)]
+  v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+  return {"k": zeros(attn.k_cache_shape(cfg, batch, max_len), cache_axes("k", cfg)),
+          "v": zeros(v_shape, CACHE_AXES)}
+
+
+def cache_axes(name: str, cfg: ModelConfig) -> tuple:
+  """Logical axes of cache entry "k" or "v"."""
+  return K_CACHE_AXES if name == "k" and attn.k_slots_last(cfg) else CACHE_AXES
 
 
 def decode_params(params: dict, cfg: ModelConfig) -> dict:
@@ -92,7 +100,8 @@ def prefill(params: dict, tokens_bt: jax.Array, lengths_b: jax.Array, cache: Cac
   them (decode_step masks slots after the row's position).
   """
   b, t = tokens_bt.shape
-  k_lbskh, v_lbskh = jnp.stack(cache["k"]), jnp.stack(cache["v"])
+  # K: [L, b, k, h, S], or [L, b, k, S, h] for gda (attention.k_slots_last)
+  k_stack, v_lbskh = jnp.stack(cache["k"]), jnp.stack(cache["v"])
   h_last_bd = jnp.zeros((b, cfg.d_model), cfg.dtype)
   for start in range(0, t, chunk):
     size = min(chunk, t - start)
@@ -100,25 +109,25 @@ def prefill(params: dict, tokens_bt: jax.Array, lengths_b: jax.Array, cache: Cac
                                           cfg.rope_theta)
 
     def body(x_btd, layer_in, start=start, cos_1th=cos_1th, sin_1th=sin_1th):
-      p, i, k_bskh, v_bskh = layer_in
+      p, i, k_cache, v_bksh = layer_in
       h_btd = layers.rms_norm(x_btd, p["attn_norm"], cfg.rms_norm_eps)
-      out_btd, k_bskh, v_bskh = attn.attention_prefill(h_btd, p["attn"], i, cos_1th, sin_1th,
-                                                       k_bskh, v_bskh, start, cfg)
+      out_btd, k_cache, v_bksh = attn.attention_prefill(h_btd, p["attn"], i, cos_1th, sin_1th,
+                                                        k_cache, v_bksh, start, cfg)
       x_btd = x_btd + out_btd
       x_btd = x_btd + layers.mlp(layers.rms_norm(x_btd, p["mlp_norm"], cfg.rms_norm_eps),
                                  p["mlp"], cfg)
-      return x_btd, (k_bskh, v_bskh)
+      return x_btd, (k_cache, v_bksh)
 
     x_btd = embed(params, tokens_bt[:, start:start + size], cfg)
-    x_btd, (k_lbskh, v_lbskh) = jax.lax.scan(
-        body, x_btd, (params["layers"], jnp.arange(cfg.num_layers), k_lbskh, v_lbskh))
+    x_btd, (k_stack, v_lbskh) = jax.lax.scan(
+        body, x_btd, (params["layers"], jnp.arange(cfg.num_layers), k_stack, v_lbskh))
     x_btd = layers.rms_norm(x_btd, params["final_norm"], cfg.rms_norm_eps)
     last_b = lengths_b - 1 - start
     here_b = (last_b >= 0) & (last_b < size)
     picked_bd = jnp.take_along_axis(x_btd, jnp.clip(last_b, 0, size - 1)[:, None, None],
                                     axis=1)[:, 0]
     h_last_bd = jnp.where(here_b[:, None], picked_bd, h_last_bd)
-  return h_last_bd, {"k": list(k_lbskh), "v": list(v_lbskh)}
+  return h_last_bd, {"k": list(k_stack), "v": list(v_lbskh)}
 
 
 def decode_block(params: dict, tokens_bt: jax.Array, pos_b: jax.Array | int, cache: Cache,
