@@ -138,8 +138,14 @@ def decode_block(params: dict, tokens_bt: jax.Array, pos_b: jax.Array | int, cac
   params = decode_params(params, cfg)
   b, t = tokens_bt.shape
   pos_b = jnp.broadcast_to(jnp.asarray(pos_b, jnp.int32), (b,))
-  cos_bth, sin_bth = layers.rope_tables(pos_b[:, None] + jnp.arange(t)[None], cfg.head_dim,
-                                        cfg.rope_theta)
+  # RoPE rows gathered from a table over every cache slot: the table does not depend on the step,
+  # so XLA hoists it out of a decode loop, where cos/sin of the positions themselves were fused
+  # into (and recomputed by) each layer's q and k rotation, 2 per layer per step.
+  slots = cache["v"][0].shape[2]
+  cos_1sh, sin_1sh = layers.rope_tables(jnp.arange(slots)[None], cfg.head_dim, cfg.rope_theta)
+  pos_bt = pos_b[:, None] + jnp.arange(t)[None]
+  cos_bth = jnp.take(cos_1sh[0], pos_bt, axis=0, mode="clip")
+  sin_bth = jnp.take(sin_1sh[0], pos_bt, axis=0, mode="clip")
   x_btd = embed(params, tokens_bt, cfg)
 
   def attention_fn(h, p, i, k, v):
