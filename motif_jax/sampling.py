@@ -244,7 +244,7 @@ def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r
       drafted_r = speculative.accepted_prefix(accept_rk)
       lp_rt = jnp.concatenate([lp_rt, dlp_rk], axis=1)
       tlp_rt = jnp.concatenate([tlp_rt, dtlp_rk], axis=1)
-      history = speculative.write_rows(history, block_rt, pos_r)
+      history = speculative.write_rows(history, drafts_rk, pos_r + 1)  # token 0 is there
     else:
       drafted_r = jnp.zeros_like(pos_r)
     # Kept: token 0 and the accepted drafts, cut at the budget and after the first stop id.
@@ -262,7 +262,7 @@ def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r
     if k:  # the draft rejected after the last kept token leaves the next sample's distribution
       exclude_r = jnp.where(last_r < k, jnp.take_along_axis(
           drafts_rk, jnp.minimum(last_r, k - 1)[:, None], axis=1)[:, 0], -1)
-      accepted = accepted + jnp.sum(kept_r - jnp.minimum(kept_r, 1))
+      accepted = accepted + jnp.sum(last_r)  # drafts kept: all but token 0
     return (i + 1, logits_rv, exclude_r, pos_r + kept_r, cache, done_r, stopped_r, lengths_r,
             history, out, accepted)
 

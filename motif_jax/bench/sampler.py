@@ -94,10 +94,11 @@ def bench_llama(rounds: int, warm_calls: int, drafts: tuple[int, ...] = (0,)) ->
   sides = {}
   for k in drafts:
     rollouts, cold_wall, cold_cpu = _timed(runner(k))
-    sides[k] = {"draft_tokens": k, "generated_tokens": int(rollouts.lengths.sum()),
+    generated = int(rollouts.lengths.sum())
+    sides[k] = {"draft_tokens": k, "generated_tokens": generated,
                 "decode_steps": rollouts.decode_steps, "accepted_drafts": rollouts.accepted_drafts,
                 "cold_s": cold_wall, "cold_cpu_s": cold_cpu,
-                "cold_tokens_per_s": int(rollouts.lengths.sum()) / cold_wall,
+                "cold_tokens_per_s": generated / cold_wall,
                 "walls": [], "cpus": []}
   floor = weights_floor(params, cfg, SHAPE_A["batch"], SHAPE_A["max_new_tokens"])
   floor()

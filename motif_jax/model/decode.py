@@ -3,8 +3,9 @@ step.
 
 The cache holds each layer's rotated K and V as its own array, `{"k": [L × [b, k, h, S]], "v":
 [L × [b, k, S, h]]}` (KV-head-major: the layouts the decode attention reads in place, with no
-transposed copy per step; K is [b, k, S, h] for gda, `attention.k_slots_last`), and the layer weights are sliced out of the stacked training tree once (`decode_params`),
-before any loop: slicing the stacked `[L, …]` weights inside a decode loop made XLA copy them on
+transposed copy per step; K is [b, k, S, h] for gda, `attention.k_slots_last`), and the layer
+weights are sliced out of the stacked training tree once (`decode_params`), before any loop:
+slicing the stacked `[L, …]` weights inside a decode loop made XLA copy them on
 every step (CPU, measured in `motif_jax/bench/sampler.py`), and so did a scan whose per-layer
 outputs are the cache. Decode layers run as an unrolled Python loop; prefill, once per call,
 scans the stacked layers (one compiled layer).
