@@ -225,3 +225,22 @@ def test_sample_rejects_bad_arguments():
     sampling.sample(params, [[cfg.vocab_size]], cfg, **kw)
   with pytest.raises(ValueError, match="num_samples"):
     sampling.sample(params, [[1]], cfg, num_samples=0, **kw)
+
+
+@pytest.mark.parametrize("mlp", ["swiglu", "polynorm"])
+def test_decode_params_fuse_gate_and_up_without_changing_the_mlp(mlp):
+  """decode_params stacks w_gate and w_up into one [d, 2, f] matrix (one dot per decode step);
+  the MLP computes the same values from it as from the two matrices."""
+  from motif_jax.model import decode, layers
+  cfg = tiny_config("gqa", mlp=mlp, dtype="float32")
+  params = random_params(cfg, scale=0.5)
+  fused = decode.decode_params(params, cfg)["layers"][1]["mlp"]
+  assert "w_gate_up" in fused and "w_gate" not in fused and "w_up" not in fused
+  plain = jax.tree.map(lambda w: w[1], params["layers"]["mlp"])
+  np.testing.assert_array_equal(fused["w_gate_up"][:, 0], plain["w_gate"])
+  np.testing.assert_array_equal(fused["w_gate_up"][:, 1], plain["w_up"])
+  x_btd = jax.random.normal(jax.random.key(1), (2, 3, cfg.d_model))
+  want = np.asarray(layers.mlp(x_btd, plain, cfg))
+  # fp32 rounding of a differently blocked dot, relative to the output's scale
+  np.testing.assert_allclose(layers.mlp(x_btd, fused, cfg), want, rtol=1e-5,
+                             atol=4e-6 * np.abs(want).max())

@@ -60,7 +60,20 @@ def decode_params(params: dict, cfg: ModelConfig) -> dict:
     return w.astype(cfg.dtype) if w.ndim >= 2 else w
   stacked = params["layers"]
   per_layer = [jax.tree.map(lambda w, i=i: cast(w[i]), stacked) for i in range(cfg.num_layers)]
-  return {**params, "layers": per_layer}
+  return {**params, "layers": [_fuse_gate_up(p) for p in per_layer]}
+
+
+def _fuse_gate_up(layer: dict) -> dict:
+  """The MLP's gate and up matrices as one [d, 2, f] stack (`layers.mlp` reads "w_gate_up").
+
+  At decode's few rows per step each dot is bound by reading its weights plus a fixed cost per
+  call; one dot of both halves saved 8-10% of the step on the side-by-side Llama shape (CPU).
+  Stacked on a new axis, not concatenated along f: f stays one sharded axis, so under tensor
+  parallelism each device keeps its own gate and up columns.
+  """
+  mlp = dict(layer["mlp"])
+  mlp["w_gate_up"] = jnp.stack([mlp.pop("w_gate"), mlp.pop("w_up")], axis=-2)
+  return {**layer, "mlp": mlp}
 
 
 def head_logits(params: dict, h_bd: jax.Array, cfg: ModelConfig) -> jax.Array:

@@ -103,8 +103,12 @@ _dense_2d_grads.defvjp(_dense_fwd, _dense_bwd)
 def mlp(x_btd: jax.Array, p: dict, cfg: ModelConfig) -> jax.Array:
   """Gated MLP: down(act(gate(x)) * up(x)), act = SiLU (swiglu) or PolyNorm (polynorm)."""
   dtype = jnp.dtype(cfg.dtype)
-  gate_btf = dense(x_btd, p["w_gate"].astype(dtype))
-  up_btf = dense(x_btd, p["w_up"].astype(dtype))
+  if "w_gate_up" in p:  # decode.decode_params' [d, 2, f] stack: one dot for both projections
+    gate_up_bt2f = dense(x_btd, p["w_gate_up"].astype(dtype))
+    gate_btf, up_btf = gate_up_bt2f[..., 0, :], gate_up_bt2f[..., 1, :]
+  else:
+    gate_btf = dense(x_btd, p["w_gate"].astype(dtype))
+    up_btf = dense(x_btd, p["w_up"].astype(dtype))
   if cfg.mlp == "polynorm":
     act_btf = polynorm(gate_btf, p["poly_w"], p["poly_b"], cfg.polynorm_eps)
   else:
