@@ -68,7 +68,7 @@ def _fuse_gate_up(layer: dict) -> dict:
 
   At decode's few rows per step each dot is bound by reading its weights plus a fixed cost per
   call; one dot of both halves made one-token steps 3-11% faster on the side-by-side Llama
-  shape (CPU), and 3-draft blocks (32 rows per dot) 1-9% slower (README, Sampling).
+  shape (CPU), and 3-draft blocks (32 rows per dot) 1-10% slower (README, Sampling).
   Stacked on a new axis, not concatenated along f: f stays one sharded axis, so under tensor
   parallelism each device keeps its own gate and up columns.
   """
