@@ -11,8 +11,8 @@ import pytest
 from model_helpers import random_params, tiny_config
 from motif_jax import losses, sampling
 from motif_jax import sharding as shd
-from motif_jax.model import attention, forward, forward_logits, param_shardings
-from motif_jax.model.decode import decode_step, init_cache, prefill
+from motif_jax.model import attention, forward, forward_logits, layers, param_shardings
+from motif_jax.model.decode import decode_params, decode_step, init_cache, prefill
 
 _forward = jax.jit(forward, static_argnames="cfg")
 PROMPTS = [[5, 17, 99, 3], [42], [7, 7, 7, 7, 7, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]]
@@ -231,10 +231,9 @@ def test_sample_rejects_bad_arguments():
 def test_decode_params_fuse_gate_and_up_without_changing_the_mlp(mlp):
   """decode_params stacks w_gate and w_up into one [d, 2, f] matrix (one dot per decode step);
   the MLP computes the same values from it as from the two matrices."""
-  from motif_jax.model import decode, layers
   cfg = tiny_config("gqa", mlp=mlp, dtype="float32")
   params = random_params(cfg, scale=0.5)
-  fused = decode.decode_params(params, cfg)["layers"][1]["mlp"]
+  fused = decode_params(params, cfg)["layers"][1]["mlp"]
   assert "w_gate_up" in fused and "w_gate" not in fused and "w_up" not in fused
   plain = jax.tree.map(lambda w: w[1], params["layers"]["mlp"])
   np.testing.assert_array_equal(fused["w_gate_up"][:, 0], plain["w_gate"])

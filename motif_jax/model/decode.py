@@ -4,7 +4,8 @@ step.
 The cache holds each layer's rotated K and V as its own array, `{"k": [L × [b, k, h, S]], "v":
 [L × [b, k, S, h]]}` (KV-head-major: the layouts the decode attention reads in place, with no
 transposed copy per step; K is [b, k, S, h] for gda, `attention.k_slots_last`), and the layer
-weights are sliced out of the stacked training tree once (`decode_params`), before any loop:
+weights are sliced out of the stacked training tree once (`decode_params`, which also stacks
+each MLP's gate and up matrices for one dot per step), before any loop:
 slicing the stacked `[L, …]` weights inside a decode loop made XLA copy them on
 every step (CPU, measured in `motif_jax/bench/sampler.py`), and so did a scan whose per-layer
 outputs are the cache. Decode layers run as an unrolled Python loop; prefill, once per call,
@@ -49,7 +50,8 @@ def cache_axes(name: str, cfg: ModelConfig) -> tuple:
 
 
 def decode_params(params: dict, cfg: ModelConfig) -> dict:
-  """`params` with "layers" as a list of per-layer trees, matrices cast to the compute dtype.
+  """`params` with "layers" as a list of per-layer trees, matrices cast to the compute dtype,
+  each MLP's w_gate and w_up stacked into one w_gate_up (`_fuse_gate_up`).
 
   The cast is the one the training forward applies at each use (`w.astype(cfg.dtype)`); norms
   and λ vectors stay as stored. Already-unstacked trees are returned unchanged.
