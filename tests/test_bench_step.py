@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from model_helpers import random_params, random_tokens, tiny_config
 
+from motif_jax.launch import host_memory
 from motif_jax.model import forward_logits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,11 @@ def test_bench_step_smoke_writes_the_expected_fields(tmp_path):
   assert set(result["pieces"]["pieces"]) == {"embedding", "attention", "mlp", "norm",
                                             "lm_head_loss", "optimizer_update"}
   assert np.isfinite(result["metrics"]["loss/ce"])
+  # `python -m experiments.*` re-executed itself with the huge-page tunable where it helps.
+  wanted = host_memory.huge_page_env(os.environ, glibc=host_memory._glibc_version(),
+                                     thp_mode=host_memory._thp_mode())
+  expected = (wanted or os.environ).get("GLIBC_TUNABLES", "")
+  assert result["glibc_tunables"] == expected
 
 
 def _loss_and_grads(params, tokens, cfg):

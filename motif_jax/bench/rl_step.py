@@ -100,7 +100,8 @@ def run(config, rl: RLConfig, *, rounds: int, prompt_len: int) -> dict:
       "trajectories": int(sum(len(np.unique(s[s > 0])) for s in host["sequence_ids"])),
       "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "backend": jax.default_backend(), "jax": jax.__version__,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average": list(os.getloadavg())}
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "load_average": list(os.getloadavg())}
   with jax.set_mesh(mesh):
     params = init_params(jax.random.key(bench.seed), model, mesh)
     result["param_count"] = count_params(params)

@@ -162,6 +162,7 @@ def run(config, *, step: str = "sft") -> dict:
       "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "backend": jax.default_backend(), "device": str(jax.devices()[0]),
       "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "load_average": list(os.getloadavg()),
   }
   with jax.set_mesh(mesh):
