@@ -33,6 +33,15 @@ def test_bench_step_smoke_writes_the_expected_fields(tmp_path):
   assert set(result["pieces"]["pieces"]) == {"embedding", "attention", "mlp", "norm",
                                             "lm_head_loss", "optimizer_update"}
   assert np.isfinite(result["metrics"]["loss/ce"])
+  # The matmul floor runs exactly the counted weight-matmul FLOPs (3x the forward's).
+  from configs import bench_step
+  from motif_jax.model import ModelConfig, accounting
+  model = ModelConfig.from_config_dict(bench_step.get_config("smoke").model)
+  matmul_per_token = accounting.forward_flops_per_token(model, result["bench"]["seq_len"])["matmul"]
+  assert result["matmul_floor"]["flops"] == 3 * matmul_per_token * tokens
+  assert result["matmul_floor"]["dots"] == 3 * len(accounting.matmul_shapes(model))
+  np.testing.assert_allclose(result["step_over_matmul_floor"],
+                             result["timing"]["wall"]["median_s"] / result["matmul_floor"]["min_s"])
   # `python -m experiments.*` re-executed itself with the huge-page tunable where it helps.
   wanted = host_memory.huge_page_env(os.environ, glibc=host_memory._glibc_version(),
                                      thp_mode=host_memory._thp_mode())

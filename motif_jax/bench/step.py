@@ -146,6 +146,38 @@ def best_matmul(model: ModelConfig, bench: BenchConfig) -> dict:
   return out
 
 
+def matmul_floor(model: ModelConfig, bench: BenchConfig) -> dict:
+  """The step's weight matmuls alone: every [b*t, in] x [in, out] of `accounting.matmul_shapes`
+  forward, as dX and as dW, in one jitted function (no attention core, norms, activations, loss
+  or optimizer). Its time bounds the step from below on this machine; the step's excess over it
+  is everything else."""
+  m, dtype = bench.batch_size * bench.seq_len, jnp.dtype(model.dtype)
+  shapes = accounting.matmul_shapes(model)
+  key = jax.random.key(bench.seed)
+  inputs = {d: jax.random.normal(jax.random.fold_in(key, 2 * d), (m, d), dtype)
+            for d in sorted({d for d, _ in shapes})}
+  weights = [jax.random.normal(jax.random.fold_in(key, 2 * i + 1), s, dtype) * 0.02
+             for i, s in enumerate(shapes)]
+
+  @jax.jit
+  def dots(inputs, weights):
+    total = jnp.zeros((), jnp.float32)
+    for w_io in weights:
+      x_ti = inputs[w_io.shape[0]]
+      y_to = x_ti @ w_io  # forward; its output stands in for the cotangent below
+      total += jnp.sum(y_to @ w_io.T) + jnp.sum(x_ti.T @ y_to)  # dX, dW
+    return total
+  jax.block_until_ready(dots(inputs, weights))
+  seconds = []
+  for _ in range(bench.matmul_reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(dots(inputs, weights))
+    seconds.append(time.perf_counter() - t0)
+  flops = 3.0 * sum(2.0 * m * d_in * d_out for d_in, d_out in shapes)
+  return {"dots": 3 * len(shapes), "flops": flops, "min_s": min(seconds),
+          "median_s": statistics.median(seconds), "gflops_best": flops / min(seconds) / 1e9}
+
+
 def run(config, *, step: str = "sft") -> dict:
   """The whole benchmark for one preset (a ConfigDict with model, optim, bench sections)."""
   model = ModelConfig.from_config_dict(config.model)
@@ -176,9 +208,11 @@ def run(config, *, step: str = "sft") -> dict:
     timing, metrics = time_step(step_fn, state, batches, bench.warmup, bench.steps)
     flops = step_flops(model, bench)
     matmul = best_matmul(model, bench)
+    floor = matmul_floor(model, bench)
     median_s = timing["wall"]["median_s"]
     result.update(
-        timing=timing, metrics=metrics, flops=flops, matmul=matmul,
+        timing=timing, metrics=metrics, flops=flops, matmul=matmul, matmul_floor=floor,
+        step_over_matmul_floor=median_s / floor["min_s"],
         tokens_per_s=flops["tokens"] / median_s,
         tokens_per_s_best=flops["tokens"] / timing["wall"]["min_s"],
         achieved_gflops=flops["train_step"] / median_s / 1e9,
@@ -205,6 +239,10 @@ def table(result: dict) -> str:
       f" of {result['flops']['train_step'] / 1e9:.2f} GFLOP counted",
       f"  best matmul [{m['shape']['m']},{m['shape']['d']}]x[{m['shape']['d']},{m['shape']['f']}]:"
       f" {m['gflops_best']:.1f} GFLOP/s = {result['matmul_over_step_gflops']:.2f}x the step's",
+      f"  the step's weight matmuls alone ({result['matmul_floor']['dots']} dots):"
+      f" {result['matmul_floor']['min_s'] * 1e3:.1f} ms at"
+      f" {result['matmul_floor']['gflops_best']:.1f} GFLOP/s; step / that ="
+      f" {result['step_over_matmul_floor']:.2f}",
   ]
   if "pieces" in result:
     lines.append(step_pieces.table(result["pieces"]))

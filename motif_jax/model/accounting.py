@@ -48,6 +48,22 @@ def param_bytes_per_device(cfg: ModelConfig, mesh_shape: Mapping[str, int]) -> i
   return total
 
 
+def matmul_shapes(cfg: ModelConfig) -> list[tuple[int, int]]:
+  """Every weight matmul of one forward as a 2-D [in, out] (each layer's separately, then the
+  output head): the sizes whose dots a training step runs forward, as dX and as dW."""
+  shapes = []
+  for path, spec in _leaves(cfg):
+    name = path.rsplit("/", 1)[-1]
+    if name not in _MATMULS:
+      continue
+    layer_shape = spec.shape[1:] if path.startswith("layers/") else spec.shape
+    contract = 2 if name == "wo" else 1  # wo is [heads, head_dim, d]
+    size_in = int(np.prod(layer_shape[:contract]))
+    repeats = spec.shape[0] if path.startswith("layers/") else 1
+    shapes += [(size_in, int(np.prod(layer_shape[contract:])))] * repeats
+  return shapes + [(cfg.d_model, cfg.vocab_size)]
+
+
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
   """Forward FLOPs per token: 2 per weight of every matmul (incl. the output head) plus
   attention scores and value mixing over an average causal context of seq_len/2
