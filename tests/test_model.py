@@ -233,21 +233,3 @@ def test_dense_flat_dot_equals_tensordot_on_one_device_and_on_a_mesh(contract):
   for got in (jax.jit(run)(), on_mesh):
     for g, r in zip(got, want):
       np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
-def test_swiglu_hand_written_backward_equals_autodiff(dtype, tol):
-  """`layers.swiglu` (one elementwise pass each way) has silu(g) * u's value and gradients."""
-  from motif_jax.model import layers
-  kg, ku, kd = jax.random.split(jax.random.key(7), 3)
-  g, u, dh = (3 * jax.random.normal(k, (2, 5, 16), dtype) for k in (kg, ku, kd))
-
-  def vjp(f, ct):
-    h, pullback = jax.vjp(f, g, u)
-    return (h, *pullback(ct))
-  to32 = lambda a: a.astype(jnp.float32)  # noqa: E731
-  want = vjp(lambda g, u: jax.nn.silu(to32(g)) * to32(u), to32(dh))  # float32 autodiff
-  got = jax.jit(lambda: vjp(layers.swiglu, dh))()
-  for a, b in zip(got, want):
-    assert a.dtype == dtype
-    np.testing.assert_allclose(to32(a), b, rtol=tol, atol=tol * float(jnp.abs(b).max()))
