@@ -1,7 +1,7 @@
 """Command-line entry points: `python -m experiments.<name> ...`.
 
 Run that way, the process first re-executes itself with glibc's transparent-huge-page malloc
-tunable (`motif_jax.launch.host_memory`: the CPU training step 6-9% faster; `MOTIF_HUGE_PAGES=0`
+tunable (`motif_jax.launch.host_memory`: CPU training steps 5-12% faster; `MOTIF_HUGE_PAGES=0`
 turns it off). Importing these modules (tests, notebooks) does nothing of the kind.
 """
 

@@ -5,7 +5,7 @@ MiB), and glibc serves blocks that large with a new `mmap` that it unmaps on fre
 then takes a page fault per 4 KiB page it touches (77,600 minor faults and 0.12 s of kernel time
 per step, measured). Where transparent huge pages are `madvise`-only (the common default),
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` makes glibc advise huge pages on those blocks: about 500
-faults per step, and the CPU training step 6-9% faster (README, "Training-step speed").
+faults per step, and CPU training steps 5-12% faster (README, "Training-step speed").
 
 Tunables are read once at process start, so `python -m experiments.<name>` re-executes itself
 with the tunable added (`experiments/__init__.py`) before anything heavy is imported; the PID,
