@@ -40,6 +40,14 @@ def test_bench_step_smoke_writes_the_expected_fields(tmp_path):
   matmul_per_token = accounting.forward_flops_per_token(model, result["bench"]["seq_len"])["matmul"]
   assert result["matmul_floor"]["flops"] == 3 * matmul_per_token * tokens
   assert result["matmul_floor"]["dots"] == 3 * len(accounting.matmul_shapes(model))
+  att = result["attention_floor"]  # one layer's dense core: b*kv rows of (heads/kv)*t queries
+  b, t = result["bench"]["batch_size"], result["bench"]["seq_len"]
+  assert att["shape"] == {"batch": b * model.num_kv_heads,
+                          "rows": model.num_heads // model.num_kv_heads * t, "keys": t,
+                          "head_dim": model.head_dim, "value_dim": model.value_dim}
+  assert att["flops"] == 2 * b * model.num_kv_heads * (model.num_heads // model.num_kv_heads * t) \
+      * t * 3 * (model.head_dim + model.value_dim)
+  assert att["dots_min_s"] > 0 and att["softmax_min_s"] > 0
   np.testing.assert_allclose(result["step_over_matmul_floor"],
                              result["timing"]["wall"]["median_s"] / result["matmul_floor"]["min_s"])
   # `python -m experiments.*` re-executed itself with the huge-page tunable where it helps.

@@ -178,6 +178,48 @@ def matmul_floor(model: ModelConfig, bench: BenchConfig) -> dict:
           "median_s": statistics.median(seconds), "gflops_best": flops / min(seconds) / 1e9}
 
 
+def attention_floor(model: ModelConfig, bench: BenchConfig) -> dict:
+  """One layer's dense attention core alone, forward and backward: the six batched dots (q.k,
+  p.v; dP, dV, dQ, dK) over [b*kv_heads, (heads/kv_heads)*t, head_dim] queries against
+  [b*kv_heads, t, head_dim] keys (the gqa core's shapes; diff and gda run two such cores), and
+  the softmax's forward + backward on its [.., t] rows. Causal tiles do a fraction of this
+  work (3/4 at two 128-token tiles, 1/2 at best)."""
+  dtype = jnp.dtype(model.dtype)
+  batch = bench.batch_size * model.num_kv_heads
+  rows = model.num_heads // model.num_kv_heads * bench.seq_len
+  s, h, v = bench.seq_len, model.head_dim, model.value_dim
+  keys = jax.random.split(jax.random.key(bench.seed), 5)
+  q, k = (jax.random.normal(keys[0], (batch, rows, h), dtype),
+          jax.random.normal(keys[1], (batch, s, h), dtype))
+  val, do = (jax.random.normal(keys[2], (batch, s, v), dtype),
+             jax.random.normal(keys[3], (batch, rows, v), dtype))
+  logits = jax.random.normal(keys[4], (batch, rows, s), jnp.float32)
+
+  @jax.jit
+  def dots(q, k, val, do):
+    p = jnp.einsum("bmh,bsh->bms", q, k)
+    dp = jnp.einsum("bmv,bsv->bms", do, val)
+    return (jnp.einsum("bms,bsv->bmv", p, val), jnp.einsum("bms,bmv->bsv", p, do),
+            jnp.einsum("bms,bsh->bmh", dp, k), jnp.einsum("bms,bmh->bsh", dp, q))
+
+  @jax.jit
+  def softmax(logits):
+    probs, pullback = jax.vjp(lambda x: jax.nn.softmax(x, axis=-1), logits)
+    return probs, pullback(probs)
+  out = {"shape": {"batch": batch, "rows": rows, "keys": s, "head_dim": h, "value_dim": v},
+         "flops": 2.0 * batch * rows * s * (3 * h + 3 * v)}
+  for name, fn, args in (("dots", dots, (q, k, val, do)), ("softmax", softmax, (logits,))):
+    jax.block_until_ready(fn(*args))
+    seconds = []
+    for _ in range(bench.matmul_reps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      seconds.append(time.perf_counter() - t0)
+    out[f"{name}_min_s"] = min(seconds)
+  out["dots_gflops_best"] = out["flops"] / out["dots_min_s"] / 1e9
+  return out
+
+
 def run(config, *, step: str = "sft") -> dict:
   """The whole benchmark for one preset (a ConfigDict with model, optim, bench sections)."""
   model = ModelConfig.from_config_dict(config.model)
@@ -209,9 +251,11 @@ def run(config, *, step: str = "sft") -> dict:
     flops = step_flops(model, bench)
     matmul = best_matmul(model, bench)
     floor = matmul_floor(model, bench)
+    attention = attention_floor(model, bench)
     median_s = timing["wall"]["median_s"]
     result.update(
         timing=timing, metrics=metrics, flops=flops, matmul=matmul, matmul_floor=floor,
+        attention_floor=attention,
         step_over_matmul_floor=median_s / floor["min_s"],
         tokens_per_s=flops["tokens"] / median_s,
         tokens_per_s_best=flops["tokens"] / timing["wall"]["min_s"],
@@ -243,6 +287,10 @@ def table(result: dict) -> str:
       f" {result['matmul_floor']['min_s'] * 1e3:.1f} ms at"
       f" {result['matmul_floor']['gflops_best']:.1f} GFLOP/s; step / that ="
       f" {result['step_over_matmul_floor']:.2f}",
+      f"  one layer's dense attention core alone: six dots"
+      f" {result['attention_floor']['dots_min_s'] * 1e3:.2f} ms"
+      f" ({result['attention_floor']['dots_gflops_best']:.1f} GFLOP/s), softmax fwd+bwd"
+      f" {result['attention_floor']['softmax_min_s'] * 1e3:.2f} ms",
   ]
   if "pieces" in result:
     lines.append(step_pieces.table(result["pieces"]))
