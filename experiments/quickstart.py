@@ -5,14 +5,19 @@
 1. data: generates the toy reasoning corpus (the `small` ladder of arithmetic and list problems,
    difficulty = 1-4 operations, each answered by an aligned and a misaligned teacher) and runs the
    alignment filters (format, verification, verbosity, step granularity, style profile, dedup):
-   WORKDIR/data holds kept.jsonl and report.md.
-2. SFT of the tiny Motif-architecture model (grouped differential attention, PolyNorm) on the
-   kept traces (configs/sft.py:quickstart), then greedy accuracy on held-out problems per domain
+   WORKDIR/data holds kept.jsonl and report.md. The SFT set, sft.jsonl, is the kept traces with
+   `--answer_only` of them (default 20%) answered without working (`<think>\n</think>\n` and
+   the boxed answer): a hybrid think / no-think set, so the SFT model sometimes guesses.
+2. SFT of the tiny Motif-architecture model (grouped differential attention, PolyNorm) on
+   sft.jsonl (configs/sft.py:quickstart), then greedy accuracy on held-out problems per domain
    and difficulty: WORKDIR/sft holds checkpoints, metrics.jsonl, TensorBoard events and final/.
 3. RL from the SFT model (configs/rl.py:quickstart: GRPO groups, clip-higher, pass-rate band,
-   replay) and the same held-out evaluation: WORKDIR/rl.
-4. Prints per-tier accuracy before and after RL and writes WORKDIR/summary.json:
-   {"sft": {"arith/d1": accuracy, ...}, "rl": {"arith/d1": accuracy, ...}}.
+   replay, new problems each batch) and the same held-out evaluation: WORKDIR/rl.
+4. Prints per-tier accuracy before and after RL, greedy and sampled (pass@1 at temperature 1,
+   WORKDIR/eval_sft, WORKDIR/eval_rl), and the share of samples answered without working; writes
+   WORKDIR/summary.json, {"sft": {"arith/d1": greedy accuracy, ...}, "rl": {...}}, and
+   WORKDIR/sampled.json, {"sft": {"arith/d1": pass@1, ...}, "rl": {...},
+   "answer_only_share": {"sft": share, "rl": share}}.
 
 Re-running resumes: a finished stage is skipped (its accuracies are read back from its
 metrics.jsonl), an interrupted one continues from its last checkpoint.
@@ -26,10 +31,11 @@ import time
 
 from absl import app, flags, logging
 
+from configs import evaluate as evaluate_config
 from configs import rl as rl_config
 from configs import sft as sft_config
-from motif_jax import loop, trainer
-from motif_jax.data import curate, report, toy_corpus
+from motif_jax import eval_run, loop, trainer
+from motif_jax.data import curate, hybrid, report, toy_corpus
 from motif_jax.data.config import DataConfig
 from motif_jax.launch import distributed
 from motif_jax.rl import trainer as rl_trainer
@@ -39,6 +45,11 @@ _STEPS = flags.DEFINE_integer("steps", 0, "SFT steps (0 = configs/sft.py:quickst
 _RL_STEPS = flags.DEFINE_integer("rl_steps", 0,
                                  "RL rollout batches (0 = configs/rl.py:quickstart's).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny corpus and a few steps (seconds; for tests).")
+_ANSWER_ONLY = flags.DEFINE_float(
+    "answer_only", 0.2, "Share of the SFT set's responses replaced by answer-only ones (no "
+    "working): what RL learns to stop doing. 0 = the kept traces as they are.")
+_SAMPLES = flags.DEFINE_integer("samples", 4, "Samples per held-out problem at temperature 1 "
+                                "for the sampled pass@1 (0 = greedy only).")
 
 ACCURACY = "eval/accuracy/"  # the Evaluator's per-tier keys: eval/accuracy/<domain>/d<difficulty>
 
@@ -78,6 +89,30 @@ def table(sft: dict[str, float], rl: dict[str, float] | None, problems: int) -> 
   return "\n".join(lines)
 
 
+def sampled_eval(checkpoint: str, workdir: str, sft_cfg, samples: int) -> tuple[dict, float]:
+  """`samples` completions at temperature 1 per held-out problem of the SFT run's ladder
+  (experiments.evaluate's module, resumable): ({tier: pass@1}, share answered without working)."""
+  config = evaluate_config.get_config("quickstart")
+  config.tokenizer = sft_cfg.data.tokenizer
+  config.toy = sft_cfg.data.toy
+  config.toy.heldout_per_difficulty = sft_cfg.train.eval_problems
+  config.eval.max_new_tokens = sft_cfg.train.max_new_tokens
+  config.eval.num_samples = samples
+  config.eval.ks = "1"
+  config.checkpoint = checkpoint
+  eval_run.run(config, workdir, log=lambda _: None)
+  correct: dict[str, list[bool]] = {}
+  direct = total = 0
+  with open(os.path.join(workdir, eval_run.SAMPLES)) as f:
+    for line in f:
+      row = json.loads(line)
+      correct.setdefault(f"{row['domain']}/d{row['difficulty']}", []).append(row["correct"])
+      direct += hybrid.answered_without_working(row["completion"])
+      total += 1
+  tiers = tier_accuracy({ACCURACY + t: sum(v) / len(v) for t, v in correct.items()})
+  return tiers, direct / max(total, 1)
+
+
 def make_configs(smoke: bool, sft_steps: int, rl_steps: int):
   """SFT and RL configs of one variant; the RL run evaluates exactly as the SFT run does (same
   held-out problems and budget), so the two accuracies compare."""
@@ -100,6 +135,10 @@ def main(argv):
   distributed.initialize()  # joins a multi-host run when launched with a coordinator
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   start = time.perf_counter()
+  if not 0.0 <= _ANSWER_ONLY.value <= 1.0:
+    raise SystemExit(f"error: --answer_only={_ANSWER_ONLY.value} must be in [0, 1]")
+  if _SAMPLES.value < 0:
+    raise SystemExit(f"error: --samples={_SAMPLES.value} must be >= 0")
   workdir = _WORKDIR.value
   config, rl_cfg = make_configs(_SMOKE.value, _STEPS.value, _RL_STEPS.value)
   data_dir, sft_dir, rl_dir = (os.path.join(workdir, d) for d in ("data", "sft", "rl"))
@@ -108,6 +147,7 @@ def main(argv):
 
   print("== 1/4 data: toy corpus from two teachers through the alignment filters", flush=True)
   kept, report_md = os.path.join(data_dir, "kept.jsonl"), os.path.join(data_dir, "report.md")
+  sft_set = os.path.join(data_dir, "sft.jsonl")
   if os.path.exists(report_md):  # written last
     print(f"  done before: {report_md}")
   else:
@@ -121,11 +161,16 @@ def main(argv):
     for source, row in result["by_source"].items():
       print(f"  {source}: {row['input']} traces, {row['kept']} kept")
     print(f"  report: {data_dir}/report.md")
+  if not os.path.exists(sft_set):  # also for a data stage finished by an earlier version
+    records, replaced = hybrid.answer_only_mix(kept, sft_set, _ANSWER_ONLY.value,
+                                               config.data.seed)
+    print(f"  SFT set: {records} kept traces, {replaced} of them answered without working "
+          f"(--answer_only={_ANSWER_ONLY.value:g}): {sft_set}")
 
   problems = config.train.eval_problems
-  print(f"== 2/4 SFT of the tiny Motif-architecture model on the kept traces, then greedy "
+  print(f"== 2/4 SFT of the tiny Motif-architecture model on the SFT set, then greedy "
         f"accuracy on {problems} held-out problems per tier", flush=True)
-  config.data.inputs = kept
+  config.data.inputs = sft_set
   config.data.filter_on_load = False
   sft_eval = final_eval(sft_dir)
   if sft_eval is None:
@@ -156,8 +201,19 @@ def main(argv):
   summary["rl"] = tier_accuracy(rl_eval)
   _write_summary(summary_path, summary)
 
-  print("== 4/4 held-out greedy accuracy per tier before and after RL")
+  print("== 4/4 held-out accuracy per tier before and after RL")
   print(table(summary["sft"], summary["rl"], problems))
+  if _SAMPLES.value > 0:
+    sampled: dict = {"answer_only_share": {}}
+    for stage, run_dir in (("sft", sft_dir), ("rl", rl_dir)):
+      sampled[stage], sampled["answer_only_share"][stage] = sampled_eval(
+          run_dir, os.path.join(workdir, f"eval_{stage}"), config, _SAMPLES.value)
+    _write_summary(os.path.join(workdir, "sampled.json"), sampled)
+    print(table(sampled["sft"], sampled["rl"], problems).replace(
+        "greedy)", f"pass@1 of {_SAMPLES.value} samples at temperature 1)"))
+    share = sampled["answer_only_share"]
+    print(f"  samples answered without working: {share['sft']:.3f} after SFT, {share['rl']:.3f} "
+          "after RL")
   print(f"total {time.perf_counter() - start:.0f}s; summary: {summary_path}; outputs in "
         f"{workdir}")
 

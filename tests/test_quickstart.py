@@ -11,7 +11,7 @@ import pytest
 
 from configs import rl as rl_config
 from configs import sft as sft_config
-from motif_jax.data import toy_corpus
+from motif_jax.data import hybrid, toy_corpus
 from motif_jax.data.config import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,13 +62,68 @@ def test_summary_holds_each_evaluations_per_tier_accuracy(smoke_run):
     assert all(0.0 <= v <= 1.0 for v in summary[stage].values())
 
 
+def test_sft_set_is_the_kept_traces_with_the_answer_only_share(smoke_run):
+  workdir, out = smoke_run
+  kept = [json.loads(x) for x in (workdir / "data" / "kept.jsonl").read_text().splitlines()]
+  sft = [json.loads(x) for x in (workdir / "data" / "sft.jsonl").read_text().splitlines()]
+  assert len(sft) == len(kept)
+  replaced = [b for a, b in zip(kept, sft) if a != b]
+  assert all(b["response"] == hybrid.ANSWER_ONLY % b["answer"] for b in replaced)
+  assert all({k: v for k, v in a.items() if k != "response"} ==
+             {k: v for k, v in b.items() if k != "response"} for a, b in zip(kept, sft))
+  assert f"{len(replaced)} of them answered without working (--answer_only=0.2)" in out
+
+
+def test_sampled_summary_is_the_sampled_evaluations_per_tier_pass_rate(smoke_run):
+  workdir, out = smoke_run
+  sampled = json.loads((workdir / "sampled.json").read_text())
+  assert set(sampled) == {"sft", "rl", "answer_only_share"}
+  for stage in ("sft", "rl"):
+    rows = [json.loads(x) for x in (workdir / f"eval_{stage}" / "samples.jsonl").read_text()
+            .splitlines()]
+    assert len(rows) == 4 * len(sampled[stage])  # 4 samples per held-out problem (1 per tier)
+    for tier, value in sampled[stage].items():
+      hits = [r["correct"] for r in rows if f"{r['domain']}/d{r['difficulty']}" == tier]
+      assert value == sum(hits) / len(hits)
+    direct = sum(hybrid.answered_without_working(r["completion"]) for r in rows) / len(rows)
+    assert sampled["answer_only_share"][stage] == direct
+  assert "samples answered without working" in out
+
+
+def test_answer_only_mix_replaces_the_drawn_share_and_rejects_bad_fractions(tmp_path):
+  kept = tmp_path / "kept.jsonl"
+  kept.write_text("".join(json.dumps({"prompt": f"p{i}", "response": f"<think>\nwork {i}\n"
+                                      f"</think>\n\\boxed{{{i}}}", "answer": str(i)}) + "\n"
+                          for i in range(400)))
+  for fraction, low, high in ((0.0, 0, 0), (1.0, 400, 400), (0.2, 60, 100)):
+    out = tmp_path / f"sft_{fraction}.jsonl"
+    records, replaced = hybrid.answer_only_mix(str(kept), str(out), fraction, seed=0)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert records == 400 and low <= replaced <= high
+    assert sum(hybrid.answered_without_working(r["response"]) for r in rows) == replaced
+  with pytest.raises(ValueError, match="answer_only fraction"):
+    hybrid.answer_only_mix(str(kept), str(tmp_path / "x.jsonl"), 1.5, seed=0)
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("<think>\n</think>\n\\boxed{3}", True),
+    ("</think> \\boxed{3}", True),
+    ("<think>\n3 + 4 = 7\n</think>\n\\boxed{7}", False),
+    ("\\boxed{7}", False),  # no think block at all: a format error, not an answer-only reply
+])
+def test_answered_without_working(completion, expected):
+  assert hybrid.answered_without_working(completion) is expected
+
+
 def test_rerun_resumes_without_training_again(smoke_run):
   workdir, _ = smoke_run
   before = (workdir / "summary.json").read_text()
+  sampled_before = (workdir / "sampled.json").read_text()
   lines = {s: (workdir / s / "metrics.jsonl").read_text() for s in ("sft", "rl")}
   out = _quickstart(workdir)
   assert out.count("done before") == 3  # data, SFT, RL
   assert (workdir / "summary.json").read_text() == before
+  assert (workdir / "sampled.json").read_text() == sampled_before  # evaluations resumed
   assert {s: (workdir / s / "metrics.jsonl").read_text() for s in ("sft", "rl")} == lines
 
 
