@@ -25,6 +25,7 @@ metrics.jsonl), an interrupted one continues from its last checkpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -94,7 +95,7 @@ def sampled_eval(checkpoint: str, workdir: str, sft_cfg, samples: int) -> tuple[
   (experiments.evaluate's module, resumable): ({tier: pass@1}, share answered without working)."""
   config = evaluate_config.get_config("quickstart")
   config.tokenizer = sft_cfg.data.tokenizer
-  config.toy = sft_cfg.data.toy
+  config.toy = copy.deepcopy(sft_cfg.data.toy)  # the SFT run's ladder, its held-out problems
   config.toy.heldout_per_difficulty = sft_cfg.train.eval_problems
   config.eval.max_new_tokens = sft_cfg.train.max_new_tokens
   config.eval.num_samples = samples
