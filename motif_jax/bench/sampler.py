@@ -4,9 +4,12 @@
     layers, 4 query / 2 KV heads of 64, SwiGLU 1024, float32, untied; 8 prompts of 32 tokens,
     128 new tokens, greedy, no stop ids, one CPU device. Cold = the first call (trace, compile,
     run); warm = median of the later calls. `--drafts` adds n-gram speculative decoding
-    (`draft_tokens` = k) side by side, alternated. Beside it, in the same rounds, a floor: a jitted
-    while_loop that only multiplies a batch of 8 through the same weights 128 times (no
-    attention, no cache), i.e. what reading the weights once per token costs on this machine.
+    (`draft_tokens` = k) side by side, alternated. Beside it, in the same rounds, two floors: the
+    weights floor, a jitted while_loop that only multiplies a batch of 8 through the same weights
+    128 times (no attention, no cache), i.e. what reading the weights once per token costs on
+    this machine; and the attention floor, the same loop through the layers' decode attention
+    cores only (the sampler's own gqa core over its KV cache, no weights). Their sum is the
+    parts floor: what one token per step costs before norms, RoPE, cache writes and sampling.
 (b) RL-shaped, the tiny Motif model (configs/tiny.py): 16 prompts of 64-128 tokens x 8 samples,
     256 new tokens, temperature 1, no stop ids. `shared`: num_samples=8 (each prompt prefilled
     once, its cache rows repeated); `repeated`: every prompt listed 8 times with num_samples=1
@@ -30,6 +33,8 @@ import numpy as np
 from configs import common, tiny
 from motif_jax import sampling
 from motif_jax.model import ModelConfig, init_params
+from motif_jax.model import attention as attn
+from motif_jax.model import decode
 
 LLAMA = dict(vocab_size=512, d_model=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
              d_ff=1024, attention="gqa", mlp="swiglu", rms_norm_eps=1e-5, max_seq_len=256,
@@ -53,29 +58,70 @@ def _stats(xs: list[float]) -> dict:
 
 
 def weights_floor(params: dict, cfg: ModelConfig, batch: int, steps: int) -> Callable:
-  """A jitted loop of `steps` tokens through the layer matmuls only (per-layer weights)."""
+  """A jitted loop of `steps` tokens through the layer matmuls only (per-layer weights, the MLP's
+  gate and up stacked into one [d, 2, f] matrix as `decode.decode_params` stacks them)."""
   layers = [jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(cfg.num_layers)]
+  gate_up = [jnp.stack([p["mlp"]["w_gate"], p["mlp"]["w_up"]], axis=-2) for p in layers]
 
   @jax.jit
-  def loop(layers, embed, unembed):
+  def loop(layers, gate_up, embed, unembed):
     def body(carry):
       i, tok_b = carry
       x_bd = embed[tok_b]
-      for p in layers:
+      for p, w_gate_up in zip(layers, gate_up):
         a, m = p["attn"], p["mlp"]
         q_bnh = jnp.einsum("bd,dnh->bnh", x_bd, a["wq"])
         kv_bkh = jnp.einsum("bd,dkh->bkh", x_bd, a["wk"]) + jnp.einsum("bd,dkh->bkh", x_bd,
                                                                           a["wv"])
         o_bnh = q_bnh + jnp.tile(kv_bkh, (1, q_bnh.shape[1] // kv_bkh.shape[1], 1))
         x_bd = x_bd + jnp.einsum("bnh,nhd->bd", o_bnh, a["wo"])
-        gate_bf = jnp.einsum("bd,df->bf", x_bd, m["w_gate"])
-        x_bd = x_bd + jnp.einsum("bf,fd->bd", jax.nn.silu(gate_bf) * (x_bd @ m["w_up"]),
+        gate_up_b2f = jnp.einsum("bd,dsf->bsf", x_bd, w_gate_up)
+        x_bd = x_bd + jnp.einsum("bf,fd->bd", jax.nn.silu(gate_up_b2f[:, 0]) * gate_up_b2f[:, 1],
                                  m["w_down"])
       return i + 1, jnp.argmax(x_bd @ unembed, axis=-1).astype(jnp.int32)
     return jax.lax.while_loop(lambda c: c[0] < steps, body,
                               (0, jnp.zeros((batch,), jnp.int32)))[1]
 
-  return lambda: loop(layers, params["embed"], params["unembed"])
+  return lambda: loop(layers, gate_up, params["embed"], params["unembed"])
+
+
+def attention_floor_inputs(cfg: ModelConfig, batch: int, slots: int
+                           ) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+  """Random per-layer K [b, k, h, S] and V [b, k, S, h] caches and a first query [b, 1, n, h]."""
+  keys = jax.random.split(jax.random.key(3), 2 * cfg.num_layers + 1)
+  cache = decode.init_cache(cfg, batch, slots)
+  ks = [jax.random.normal(keys[i], c.shape, c.dtype) for i, c in enumerate(cache["k"])]
+  vs = [jax.random.normal(keys[cfg.num_layers + i], c.shape, c.dtype)
+        for i, c in enumerate(cache["v"])]
+  return ks, vs, jax.random.normal(keys[-1], (batch, 1, cfg.num_heads, cfg.head_dim), cfg.dtype)
+
+
+def attention_floor(cfg: ModelConfig, batch: int, prompt_len: int, steps: int
+                    ) -> tuple[Callable, int]:
+  """A jitted loop of `steps` one-token decode steps through every layer's attention core alone:
+  (the loop, cache slots it reads).
+
+  The core is the sampler's (`attention._decode_gqa`: q.K over the K cache `[b, k, h, S]`, the
+  masked float32 softmax, p.V over `[b, k, S, h]`), on a cache of the slots `sampling.sample`
+  allocates for this shape, with step i's rows valid up to slot prompt_len + i. Each layer's output
+  is the next layer's query, so nothing is hoisted or skipped; no projections, no cache writes.
+  """
+  if cfg.attention != "gqa":
+    raise ValueError(f"attention_floor times the gqa decode core, not {cfg.attention!r}")
+  slots = sampling.make_plan(batch, 1, prompt_len, max_new_tokens=steps).cache_len
+  ks, vs, q0_b1nh = attention_floor_inputs(cfg, batch, slots)
+
+  @jax.jit
+  def loop(ks, vs, q0_b1nh):
+    def body(carry):
+      i, q_b1nh = carry
+      valid_b1s = (jnp.arange(slots) <= prompt_len + i)[None, None, :]
+      for k_cache, v_cache in zip(ks, vs):
+        q_b1nh = attn._decode_gqa(q_b1nh, k_cache, v_cache, valid_b1s)  # noqa: SLF001
+      return i + 1, q_b1nh
+    return jax.lax.while_loop(lambda c: c[0] < steps, body, (0, q0_b1nh))[1]
+
+  return (lambda: loop(ks, vs, q0_b1nh)), slots
 
 
 def bench_llama(rounds: int, warm_calls: int, drafts: tuple[int, ...] = (0,)) -> dict:
@@ -102,7 +148,10 @@ def bench_llama(rounds: int, warm_calls: int, drafts: tuple[int, ...] = (0,)) ->
                 "walls": [], "cpus": []}
   floor = weights_floor(params, cfg, SHAPE_A["batch"], SHAPE_A["max_new_tokens"])
   floor()
-  floor_walls = []
+  att_floor, slots = attention_floor(cfg, SHAPE_A["batch"], SHAPE_A["prompt_len"],
+                                     SHAPE_A["max_new_tokens"])
+  att_floor()
+  floor_walls, att_walls = [], []
   for _ in range(rounds):
     for k in drafts:
       for _ in range(warm_calls):
@@ -110,16 +159,21 @@ def bench_llama(rounds: int, warm_calls: int, drafts: tuple[int, ...] = (0,)) ->
         sides[k]["walls"].append(wall)
         sides[k]["cpus"].append(cpu)
     floor_walls.append(_timed(floor)[1])
+    att_walls.append(_timed(att_floor)[1])
   for side in sides.values():
     walls, cpus = side.pop("walls"), side.pop("cpus")
     side.update(warm_s=_stats(walls), warm_cpu_s=_stats(cpus),
                 warm_tokens_per_s=side["generated_tokens"] / statistics.median(walls))
-  floor_s = _stats(floor_walls)
+  floor_s, att_s = _stats(floor_walls), _stats(att_walls)
+  parts_s = _stats([w + a for w, a in zip(floor_walls, att_walls)])
+  generated = sides[drafts[0]]["generated_tokens"]
   return {"model": LLAMA, **SHAPE_A, **sides[drafts[0]],
           "by_drafts": {str(k): side for k, side in sides.items()},
           "weights_floor_s": floor_s,
-          "weights_floor_tokens_per_s": (sides[drafts[0]]["generated_tokens"] /
-                                         floor_s["median"])}
+          "weights_floor_tokens_per_s": generated / floor_s["median"],
+          "attention_floor_s": att_s, "attention_floor_cache_slots": slots,
+          "parts_floor_s": parts_s,
+          "parts_floor_tokens_per_s": generated / parts_s["median"]}
 
 
 def bench_rl_shape(rounds: int) -> dict:
@@ -168,7 +222,10 @@ def table(result: dict) -> str:
         f"{a['warm_s']['median']:.3f} s (min {a['warm_s']['min']:.3f}): "
         f"{a['warm_tokens_per_s']:.0f} generated tok/s",
         f"    weights-only floor {a['weights_floor_s']['median']:.3f} s: "
-        f"{a['weights_floor_tokens_per_s']:.0f} tok/s"]
+        f"{a['weights_floor_tokens_per_s']:.0f} tok/s",
+        f"    attention floor ({a['attention_floor_cache_slots']} cache slots) "
+        f"{a['attention_floor_s']['median']:.3f} s; parts floor (weights + attention) "
+        f"{a['parts_floor_s']['median']:.3f} s: {a['parts_floor_tokens_per_s']:.0f} tok/s"]
     for k, side in a.get("by_drafts", {}).items():
       lines.append(f"    draft_tokens={k}: warm median {side['warm_s']['median']:.3f} s, "
                    f"{side['warm_tokens_per_s']:.0f} tok/s, {side['decode_steps']} decode steps, "
