@@ -131,9 +131,10 @@ def aot_rollout_memory(model: ModelConfig, mesh, shape: RLShape) -> dict:
   """Compiled per-device bytes of one `sampling.sample` call on `shape` (the jitted rollout on
   ShapeDtypeStructs, params sharded as the trainer's): checks the KV-cache figures above."""
   shards = shd.shard_count("batch", sampling.sampling_config(model).sharding, dict(mesh.shape))
+  # One cache window, the sampler's default on accelerators (sampling_plan.default_window_slots).
   plan = sampling.make_plan(shape.prompts, shape.samples, shape.prompt_len,
                             max_new_tokens=shape.response_len,
-                            prefill_chunk=shape.prefill_chunk, shards=shards)
+                            prefill_chunk=shape.prefill_chunk, shards=shards, window_slots=0)
   with jax.set_mesh(mesh):
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_params(model), param_shardings(model, mesh))

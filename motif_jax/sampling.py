@@ -10,7 +10,10 @@ One jitted call per batch of prompts:
      (prompt-major) instead of recomputing the prompt per sample;
   3. one `lax.while_loop` decodes a token per row per step, row r at its own position (its
      prompt length + tokens so far), and exits as soon as every row has emitted a stop id or
-     used its `max_new_tokens` budget. With `draft_tokens=k` a step also drafts k tokens per
+     used its `max_new_tokens` budget. The cache grows in windows (`Plan.windows`): the loop
+     runs on a cache of the first window's slots until a live row's next block would not fit,
+     then the cache is padded to the next window and the same loop goes on, so a step's
+     attention reads the slots in use so far, rounded up, not the whole budget. With `draft_tokens=k` a step also drafts k tokens per
      row from the row's own text and verifies them in the same pass (`speculative.py`), so a
      row advances by 1 + its accepted drafts; the output distribution is unchanged.
 
@@ -41,10 +44,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from motif_jax import sampling_plan as plans
 from motif_jax import sharding as shd
 from motif_jax import speculative
 from motif_jax.model import ModelConfig
 from motif_jax.model import decode
+from motif_jax.sampling_plan import (WINDOW_MIN, Plan, auto_window_slots,  # noqa: F401
+                                     default_window_slots, make_plan, prefill_length)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,23 +76,6 @@ class Rollouts:
   @property
   def finish_reasons(self) -> list[str]:
     return ["stop" if f else "length" for f in self.finished]
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  """Static shapes and sampling settings of one compiled rollout."""
-
-  prompt_rows: int  # P padded to the batch shards
-  rows: int  # P * num_samples padded to the batch shards
-  prompt_len: int  # bucketed prefill length
-  cache_len: int
-  max_new_tokens: int
-  temperature: float
-  top_p: float
-  top_k: int
-  prefill_chunk: int
-  draft_tokens: int = 0  # n-gram speculative decoding: tokens drafted per step (0 = off)
-  ngram: int = 3  # longest n-gram the drafts are looked up by
 
 
 def truncate_logits(logits_bv: jax.Array, *, top_k: int, top_p: float) -> jax.Array:
@@ -184,7 +173,8 @@ def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r
   """Prefill, share, decode: (tokens, logprobs, truncated logprobs, lengths, finished, steps,
   accepted drafts)."""
   rules = cfg.sharding
-  cache = decode.init_cache(cfg, plan.prompt_rows, plan.cache_len)
+  windows = plan.windows
+  cache = decode.init_cache(cfg, plan.prompt_rows, windows[0])
   h_last_pd, cache = decode.prefill(params, prompts_pt, lengths_p, cache, cfg,
                                     chunk=plan.prefill_chunk)
   params = decode.decode_params(params, cfg)  # per-layer weights, sliced once before the loop
@@ -266,26 +256,24 @@ def _rollout(params, prompts_pt, lengths_p, row_prompt_r, row_ids_r, row_valid_r
     return (i + 1, logits_rv, exclude_r, pos_r + kept_r, cache, done_r, stopped_r, lengths_r,
             history, out, accepted)
 
+  def fits(window):  # every live row's next block of k + 1 slots lies inside the window
+    def cond_fits(carry):
+      pos_r, done_r = carry[3], carry[5]
+      return cond(carry) & (jnp.max(jnp.where(done_r, 0, pos_r)) + k + 1 <= window)
+    return cond if window == plan.cache_len else cond_fits
+
   zeros_r = jnp.zeros((r,), jnp.int32)
-  init = (jnp.zeros((), jnp.int32), logits_rv, zeros_r - 1, pos_r, cache, ~row_valid_r,
-          zeros_r > 0, zeros_r, history_rl, out, jnp.zeros((), jnp.int32))
-  steps, _, _, _, _, _, stopped_r, lengths_r, _, out, accepted = jax.lax.while_loop(
-      cond, body, init)
+  carry = (jnp.zeros((), jnp.int32), logits_rv, zeros_r - 1, pos_r, cache, ~row_valid_r,
+           zeros_r > 0, zeros_r, history_rl, out, jnp.zeros((), jnp.int32))
+  for w, window in enumerate(windows):
+    if w:
+      carry = (*carry[:4], decode.grow_cache(carry[4], window, cfg), *carry[5:])
+    carry = jax.lax.while_loop(fits(window), body, carry)
+  steps, _, _, _, _, _, stopped_r, lengths_r, _, out, accepted = carry
   kept_rn = jnp.arange(n)[None, :] < lengths_r[:, None]
   out = {name: jnp.where(kept_rn, value[:, :n], 0) for name, value in out.items()}
   return (out["tokens"], out["logprobs"], out["truncated"], lengths_r, stopped_r, steps,
           accepted)
-
-
-def prefill_length(n: int, chunk: int) -> int:
-  """Prefill length: a power of two (>= 16) up to `chunk`, then whole chunks."""
-  if n > chunk:
-    return -(-n // chunk) * chunk
-  return min(max(16, 1 << (n - 1).bit_length()), chunk) if n > 16 else min(16, chunk)
-
-
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
 
 
 def _batch_shards(cfg: ModelConfig) -> tuple[int, object]:
@@ -294,45 +282,6 @@ def _batch_shards(cfg: ModelConfig) -> tuple[int, object]:
     return 1, None
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   return int(np.prod([sizes.get(a, 1) for a in cfg.sharding.mesh_axes("batch")])), mesh
-
-
-def _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k, prefill_chunk,
-           draft_tokens, ngram):
-  if not prompts or any(len(p) == 0 for p in prompts):
-    raise ValueError("sample needs at least one prompt and no empty prompt")
-  for name, value in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens),
-                      ("prefill_chunk", prefill_chunk)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"sample: {name}={value!r} must be a positive integer")
-  if not temperature >= 0:
-    raise ValueError(f"sample: temperature={temperature!r} must be >= 0 (0 = greedy)")
-  if not 0 < top_p <= 1:
-    raise ValueError(f"sample: top_p={top_p!r} must be in (0, 1]")
-  if not isinstance(top_k, int) or top_k < 0:
-    raise ValueError(f"sample: top_k={top_k!r} must be a non-negative integer (0 = off)")
-  if not isinstance(draft_tokens, int) or draft_tokens < 0:
-    raise ValueError(f"sample: draft_tokens={draft_tokens!r} must be a non-negative integer "
-                     "(0 = no speculative decoding)")
-  if not isinstance(ngram, int) or ngram < 1:
-    raise ValueError(f"sample: ngram={ngram!r} must be a positive integer")
-  bad = [t for p in prompts for t in p if not 0 <= t < cfg.vocab_size]
-  if bad:
-    raise ValueError(f"sample: prompt token {bad[0]} outside the vocabulary [0, {cfg.vocab_size})")
-
-
-def make_plan(n_prompts: int, num_samples: int, max_prompt_len: int, *, max_new_tokens: int,
-              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-              prefill_chunk: int = 512, shards: int = 1, draft_tokens: int = 0,
-              ngram: int = 3) -> Plan:
-  """The static shapes `sample` compiles for `n_prompts` prompts of up to `max_prompt_len`
-  tokens: rows padded to the batch `shards`, the prefill bucket, KV slots per row."""
-  prompt_len = prefill_length(max_prompt_len, prefill_chunk)
-  return Plan(prompt_rows=_round_up(n_prompts, shards),
-              rows=_round_up(n_prompts * num_samples, shards), prompt_len=prompt_len,
-              cache_len=prompt_len + max_new_tokens + draft_tokens,
-              max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
-              top_k=int(top_k), prefill_chunk=prefill_chunk, draft_tokens=draft_tokens,
-              ngram=ngram)
 
 
 def lower(params, cfg: ModelConfig, plan: Plan, mesh) -> jax.stages.Lowered:
@@ -351,7 +300,7 @@ def lower(params, cfg: ModelConfig, plan: Plan, mesh) -> jax.stages.Lowered:
 def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_samples: int = 1,
            max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
            stop_ids: Sequence[int] = (), key: jax.Array, prefill_chunk: int = 512,
-           draft_tokens: int = 0, ngram: int = 3) -> Rollouts:
+           draft_tokens: int = 0, ngram: int = 3, window_slots: int | None = None) -> Rollouts:
   """`num_samples` completions of each prompt (token-id lists), prompt-major; see module doc.
 
   Args:
@@ -363,9 +312,13 @@ def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_sa
       tokens per step drafted from the row's own history and verified in the same pass; the
       output distribution is unchanged (greedy: the same tokens). 0 = one token per step.
     ngram: the longest n-gram the drafts are looked up by.
+    window_slots: the KV cache grows by this many slots at a time (`Plan.windows`), so early
+      steps attend over fewer slots; None = `sampling_plan.default_window_slots` (windows on
+      CPU, one window on accelerators, where growing briefly holds two caches), 0 = the whole
+      cache from the start. Same tokens and log-probs either way (up to float summation order).
   """
-  _check(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k, prefill_chunk,
-         draft_tokens, ngram)
+  plans.check_args(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k, prefill_chunk,
+         draft_tokens, ngram, window_slots)
   cfg = sampling_config(cfg)
   shards, mesh = _batch_shards(cfg)
   n_prompts, n_rows = len(prompts), len(prompts) * num_samples
@@ -373,7 +326,7 @@ def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_sa
   plan = make_plan(n_prompts, num_samples, int(lengths.max()), max_new_tokens=max_new_tokens,
                    temperature=temperature, top_p=top_p, top_k=top_k,
                    prefill_chunk=prefill_chunk, shards=shards, draft_tokens=draft_tokens,
-                   ngram=ngram)
+                   ngram=ngram, window_slots=window_slots)
   prompt_len = plan.prompt_len
   prompts_pt = np.zeros((plan.prompt_rows, prompt_len), np.int32)
   for i, p in enumerate(prompts):
@@ -382,7 +335,7 @@ def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_sa
   lengths_p[:n_prompts] = lengths
   row_ids = np.arange(plan.rows, dtype=np.int32)
   row_prompt = np.where(row_ids < n_rows, row_ids // num_samples, 0).astype(np.int32)
-  stops = np.full((_round_up(max(len(stop_ids), 1), 4),), -1, np.int32)
+  stops = np.full((plans.round_up(max(len(stop_ids), 1), 4),), -1, np.int32)
   stops[:len(stop_ids)] = list(stop_ids)
   args = (prompts_pt, lengths_p, row_prompt, row_ids, row_ids < n_rows, stops)
   if mesh is not None:  # rows over the batch axes, everything else replicated

@@ -13,7 +13,8 @@
 (b) RL-shaped, the tiny Motif model (configs/tiny.py): 16 prompts of 64-128 tokens x 8 samples,
     256 new tokens, temperature 1, no stop ids. `shared`: num_samples=8 (each prompt prefilled
     once, its cache rows repeated); `repeated`: every prompt listed 8 times with num_samples=1
-    (prefilled 8 times). Same rows, same work otherwise.
+    (prefilled 8 times). Same rows, same work otherwise. `one_window`: shared, with the KV cache
+    at all its slots from the first step (`window_slots=0`) instead of growing in windows.
 
 Sides are alternated round by round; figures are min / median / max over rounds. Wall time on a
 shared machine is noisy, so process CPU time is reported too, and the load average.
@@ -191,6 +192,10 @@ def bench_rl_shape(rounds: int) -> dict:
       "shared": lambda: sampling.sample(params, prompts, cfg, num_samples=n, **kw),
       "repeated": lambda: sampling.sample(params, [p for p in prompts for _ in range(n)], cfg,
                                           num_samples=1, **kw),
+      # Shared prefill on one cache window of all 384 slots from the first step (the default
+      # grows the cache in windows on CPU: sampling_plan.default_window_slots).
+      "one_window": lambda: sampling.sample(params, prompts, cfg, num_samples=n, window_slots=0,
+                                            **kw),
   }
   result = {"model": "configs/tiny.py", **SHAPE_B}
   for name, fn in sides.items():
@@ -206,8 +211,12 @@ def bench_rl_shape(rounds: int) -> dict:
     side = result[name]
     side["warm_s"], side["warm_cpu_s"] = _stats(side.pop("walls")), _stats(side.pop("cpus"))
     side["warm_tokens_per_s"] = result["generated_tokens"] / side["warm_s"]["median"]
-  result["repeated_over_shared_wall"] = [r / s for r, s in zip(
-      result["repeated"]["warm_s"]["all"], result["shared"]["warm_s"]["all"])]
+  for name in ("repeated", "one_window"):
+    result[f"{name}_over_shared_wall"] = [r / s for r, s in zip(
+        result[name]["warm_s"]["all"], result["shared"]["warm_s"]["all"])]
+  longest = max(len(p) for p in prompts)
+  result["windows"] = list(sampling.make_plan(SHAPE_B["prompts"], n, longest,
+                                              max_new_tokens=SHAPE_B["max_new_tokens"]).windows)
   return result
 
 
@@ -234,12 +243,14 @@ def table(result: dict) -> str:
     b = result["rl"]
     lines.append(f"(b) tiny Motif, {b['prompts']} prompts x {b['samples']} samples, "
                  f"{b['max_new_tokens']} new tokens, T={b['temperature']}")
-    for name in ("shared", "repeated"):
+    for name in ("shared", "repeated", "one_window"):
       s = b[name]
-      lines.append(f"    {name:8s} warm median {s['warm_s']['median']:.2f} s "
+      lines.append(f"    {name:10s} warm median {s['warm_s']['median']:.2f} s "
                    f"(min {s['warm_s']['min']:.2f}, max {s['warm_s']['max']:.2f}): "
                    f"{s['warm_tokens_per_s']:.0f} tok/s; cold {s['cold_s']:.2f} s")
-    ratios = b["repeated_over_shared_wall"]
-    lines.append(f"    repeated / shared time per round: min {min(ratios):.2f}, median "
-                 f"{statistics.median(ratios):.2f}, max {max(ratios):.2f}")
+    for name in ("repeated", "one_window"):
+      ratios = b[f"{name}_over_shared_wall"]
+      lines.append(f"    {name} / shared time per round: min {min(ratios):.2f}, median "
+                   f"{statistics.median(ratios):.2f}, max {max(ratios):.2f}")
+    lines.append(f"    shared: cache windows {b['windows']}")
   return "\n".join(lines)

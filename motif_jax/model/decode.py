@@ -44,6 +44,16 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
           "v": zeros(v_shape, CACHE_AXES)}
 
 
+def grow_cache(cache: Cache, slots: int, cfg: ModelConfig) -> Cache:
+  """`cache` with zero slots appended up to `slots` per row (the sampler's next window)."""
+  def grow(c, name):
+    axis = 3 if name == "k" and attn.k_slots_last(cfg) else 2
+    pad = [(0, 0)] * c.ndim
+    pad[axis] = (0, slots - c.shape[axis])
+    return shd.constrain(jnp.pad(c, pad), cache_axes(name, cfg), cfg.sharding)
+  return {name: [grow(c, name) for c in layers] for name, layers in cache.items()}
+
+
 def cache_axes(name: str, cfg: ModelConfig) -> tuple:
   """Logical axes of cache entry "k" or "v"."""
   return K_CACHE_AXES if name == "k" and attn.k_slots_last(cfg) else CACHE_AXES
