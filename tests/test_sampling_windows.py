@@ -30,9 +30,12 @@ def test_windows_grow_by_window_slots_up_to_the_cache():
   assert drafted.windows == (82, 132, 163)  # the k spare slots of a draft block included
   assert sampling.make_plan(8, 1, 32, max_new_tokens=128, window_slots=0).windows == (160,)
   assert sampling.make_plan(2, 1, 10, max_new_tokens=4, window_slots=64).windows == (20,)
-  # Default: a quarter of the new slots, a multiple of 64, at least 64 (CPU backend).
+  # Default on CPU: a quarter of the new slots, a multiple of 64, at least 64, from 256 new slots.
   assert plans.auto_window_slots(128) == 64 and plans.auto_window_slots(1000) == 256
   assert sampling.make_plan(16, 8, 128, max_new_tokens=256).windows == (192, 256, 320, 384)
+  assert sampling.make_plan(8, 1, 32, max_new_tokens=128).windows == (160,)
+  assert sampling.make_plan(8, 1, 32, max_new_tokens=250, draft_tokens=6).windows == (
+      32 + 64, 32 + 128, 32 + 192, 32 + 256)
 
 
 def test_grow_cache_keeps_every_written_slot():
