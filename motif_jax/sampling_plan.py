@@ -116,9 +116,8 @@ def default_window_slots(new_slots: int, draft_tokens: int = 0) -> int:
   (one window) otherwise.
 
   Each window is one more compiled decode loop: at 128 new slots (the side-by-side Llama) windows
-  saved 3% of a call and added 0.55 s of compilation (the quickstart, which compiles many short
-  plans, ran 494 s with them against 419 s the day before); at 256 (the RL-shaped bench) they
-  save 12-19% of a call.
+  saved 3% of a call and added 0.55 s of compilation; at 256 (the RL-shaped bench) they save
+  12-19% of a call.
 
   Growing the cache pads it into a new buffer, so the last growth holds the old and the new
   cache at once (about 1.75x the cache at 4 windows). On CPU the cache is small next to host
