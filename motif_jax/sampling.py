@@ -13,9 +13,10 @@ One jitted call per batch of prompts:
      used its `max_new_tokens` budget. The cache grows in windows (`Plan.windows`): the loop
      runs on a cache of the first window's slots until a live row's next block would not fit,
      then the cache is padded to the next window and the same loop goes on, so a step's
-     attention reads the slots in use so far, rounded up, not the whole budget. With `draft_tokens=k` a step also drafts k tokens per
-     row from the row's own text and verifies them in the same pass (`speculative.py`), so a
-     row advances by 1 + its accepted drafts; the output distribution is unchanged.
+     attention reads the slots in use so far, rounded up, not the whole budget. With
+     `draft_tokens=k` a step also drafts k tokens per row from the row's own text and verifies
+     them in the same pass (`speculative.py`), so a row advances by 1 + its accepted drafts;
+     the output distribution is unchanged.
 
 Log-probs. `logprobs[r, i]` is log softmax(logits / T)[token] over the full vocabulary in float32:
 what `losses.token_logprobs_and_entropy(..., temperature=T)` recomputes in the trainer for the
@@ -314,11 +315,11 @@ def sample(params, prompts: Sequence[Sequence[int]], cfg: ModelConfig, *, num_sa
     ngram: the longest n-gram the drafts are looked up by.
     window_slots: the KV cache grows by this many slots at a time (`Plan.windows`), so early
       steps attend over fewer slots; None = `sampling_plan.default_window_slots` (windows on
-      CPU, one window on accelerators, where growing briefly holds two caches), 0 = the whole
-      cache from the start. Same tokens and log-probs either way (up to float summation order).
+      CPU for budgets of >= 256 new tokens; one window otherwise and on accelerators, where
+      growing briefly holds two caches), 0 = the whole cache from the start. Same tokens and log-probs either way (up to float summation order).
   """
-  plans.check_args(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k, prefill_chunk,
-         draft_tokens, ngram, window_slots)
+  plans.check_args(prompts, cfg, num_samples, max_new_tokens, temperature, top_p, top_k,
+                   prefill_chunk, draft_tokens, ngram, window_slots)
   cfg = sampling_config(cfg)
   shards, mesh = _batch_shards(cfg)
   n_prompts, n_rows = len(prompts), len(prompts) * num_samples
