@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding
 
 from motif_jax import sharding as shd
 from motif_jax import trainer, typed_config
-from motif_jax.bench import step_pieces
+from motif_jax.bench import gpu_measure, step_pieces
 from motif_jax.data import pipeline
 from motif_jax.model import ModelConfig, accounting, count_params, init_params
 from motif_jax.optim import OptimConfig, make_optimizer
@@ -118,17 +118,6 @@ def step_flops(model: ModelConfig, bench: BenchConfig) -> dict[str, float]:
           "train_step": 3.0 * per_token["total"] * tokens}
 
 
-def _warm_seconds(fn: Callable, args: tuple, reps: int) -> list[float]:
-  """Wall seconds of `reps` calls of fn(*args) after one untimed (compiling) call."""
-  jax.block_until_ready(fn(*args))
-  seconds = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    seconds.append(time.perf_counter() - t0)
-  return seconds
-
-
 def best_matmul(model: ModelConfig, bench: BenchConfig) -> dict:
   """GFLOP/s of the largest MLP matmul, [b*t, d] x [d, f], as forward, dX and dW (best counts)."""
   m, d, f = bench.batch_size * bench.seq_len, model.d_model, model.d_ff
@@ -145,8 +134,8 @@ def best_matmul(model: ModelConfig, bench: BenchConfig) -> dict:
   flops = 2.0 * m * d * f
   out = {"shape": {"m": m, "d": d, "f": f, "dtype": str(dtype)}, "flops": flops}
   for name, (fn, a, b) in cases.items():
-    seconds = _warm_seconds(fn, (a, b), bench.matmul_reps)
-    out[name] = {"min_s": min(seconds), "gflops_best": flops / min(seconds) / 1e9}
+    min_s = gpu_measure.time_stats(fn, (a, b), repeats=bench.matmul_reps)["min_s"]
+    out[name] = {"min_s": min_s, "gflops_best": flops / min_s / 1e9}
   out["gflops_best"] = max(v["gflops_best"] for v in out.values() if isinstance(v, dict)
                            and "gflops_best" in v)
   return out
@@ -173,10 +162,10 @@ def matmul_floor(model: ModelConfig, bench: BenchConfig) -> dict:
       y_to = x_ti @ w_io  # forward; its output stands in for the cotangent below
       total += jnp.sum(y_to @ w_io.T) + jnp.sum(x_ti.T @ y_to)  # dX, dW
     return total
-  seconds = _warm_seconds(dots, (inputs, weights), bench.matmul_reps)
+  times = gpu_measure.time_stats(dots, (inputs, weights), repeats=bench.matmul_reps)
   flops = 3.0 * sum(2.0 * m * d_in * d_out for d_in, d_out in shapes)
-  return {"dots": 3 * len(shapes), "flops": flops, "min_s": min(seconds),
-          "median_s": statistics.median(seconds), "gflops_best": flops / min(seconds) / 1e9}
+  return {"dots": 3 * len(shapes), "flops": flops, "min_s": times["min_s"],
+          "median_s": times["median_s"], "gflops_best": flops / times["min_s"] / 1e9}
 
 
 def attention_floor(model: ModelConfig, bench: BenchConfig) -> dict:
@@ -210,7 +199,7 @@ def attention_floor(model: ModelConfig, bench: BenchConfig) -> dict:
   out = {"shape": {"batch": batch, "rows": rows, "keys": s, "head_dim": h, "value_dim": v},
          "flops": 2.0 * batch * rows * s * (3 * h + 3 * v)}
   for name, fn, args in (("dots", dots, (q, k, val, do)), ("softmax", softmax, (logits,))):
-    out[f"{name}_min_s"] = min(_warm_seconds(fn, args, bench.matmul_reps))
+    out[f"{name}_min_s"] = gpu_measure.time_stats(fn, args, repeats=bench.matmul_reps)["min_s"]
   out["dots_gflops_best"] = out["flops"] / out["dots_min_s"] / 1e9
   return out
 
