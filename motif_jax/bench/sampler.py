@@ -59,31 +59,30 @@ def _stats(xs: list[float]) -> dict:
 
 
 def weights_floor(params: dict, cfg: ModelConfig, batch: int, steps: int) -> Callable:
-  """A jitted loop of `steps` tokens through the layer matmuls only (per-layer weights, the MLP's
-  gate and up stacked into one [d, 2, f] matrix as `decode.decode_params` stacks them)."""
-  layers = [jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(cfg.num_layers)]
-  gate_up = [jnp.stack([p["mlp"]["w_gate"], p["mlp"]["w_up"]], axis=-2) for p in layers]
+  """A jitted loop of `steps` tokens through the layer matmuls only (the sampler's per-layer
+  weights, `decode.decode_params`: the MLP's gate and up stacked into one [d, 2, f] matrix)."""
+  layers = decode.decode_params(params, cfg)["layers"]
 
   @jax.jit
-  def loop(layers, gate_up, embed, unembed):
+  def loop(layers, embed, unembed):
     def body(carry):
       i, tok_b = carry
       x_bd = embed[tok_b]
-      for p, w_gate_up in zip(layers, gate_up):
+      for p in layers:
         a, m = p["attn"], p["mlp"]
         q_bnh = jnp.einsum("bd,dnh->bnh", x_bd, a["wq"])
         kv_bkh = jnp.einsum("bd,dkh->bkh", x_bd, a["wk"]) + jnp.einsum("bd,dkh->bkh", x_bd,
                                                                           a["wv"])
         o_bnh = q_bnh + jnp.tile(kv_bkh, (1, q_bnh.shape[1] // kv_bkh.shape[1], 1))
         x_bd = x_bd + jnp.einsum("bnh,nhd->bd", o_bnh, a["wo"])
-        gate_up_b2f = jnp.einsum("bd,dsf->bsf", x_bd, w_gate_up)
+        gate_up_b2f = jnp.einsum("bd,dsf->bsf", x_bd, m["w_gate_up"])
         x_bd = x_bd + jnp.einsum("bf,fd->bd", jax.nn.silu(gate_up_b2f[:, 0]) * gate_up_b2f[:, 1],
                                  m["w_down"])
       return i + 1, jnp.argmax(x_bd @ unembed, axis=-1).astype(jnp.int32)
     return jax.lax.while_loop(lambda c: c[0] < steps, body,
                               (0, jnp.zeros((batch,), jnp.int32)))[1]
 
-  return lambda: loop(layers, gate_up, params["embed"], params["unembed"])
+  return lambda: loop(layers, params["embed"], params["unembed"])
 
 
 def attention_floor_inputs(cfg: ModelConfig, batch: int, slots: int

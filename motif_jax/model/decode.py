@@ -47,10 +47,11 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
 def grow_cache(cache: Cache, slots: int, cfg: ModelConfig) -> Cache:
   """`cache` with zero slots appended up to `slots` per row (the sampler's next window)."""
   def grow(c, name):
-    axis = 3 if name == "k" and attn.k_slots_last(cfg) else 2
+    axes = cache_axes(name, cfg)
+    axis = axes.index(None)  # the slot axis: the one logical axis that is never sharded
     pad = [(0, 0)] * c.ndim
     pad[axis] = (0, slots - c.shape[axis])
-    return shd.constrain(jnp.pad(c, pad), cache_axes(name, cfg), cfg.sharding)
+    return shd.constrain(jnp.pad(c, pad), axes, cfg.sharding)
   return {name: [grow(c, name) for c in layers] for name, layers in cache.items()}
 
 
